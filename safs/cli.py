@@ -1,0 +1,195 @@
+"""The ``safs`` command. Heavy libraries (torch, Ray, SMAC) are imported inside commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(path: Path):
+    """Validate a pipeline completely (schema, data files, model options) before anything runs."""
+    from safs.config import ConfigError, load_pipeline
+
+    try:
+        cfg = load_pipeline(path)
+        return _preflight(cfg, path)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _preflight(cfg, path: Path):
+    from safs.config import ConfigError
+
+    data = cfg.data
+    if data.data_dir is not None:
+        # Relative data directories are relative to the pipeline file, not the shell.
+        d = Path(data.data_dir).expanduser()
+        d = d if d.is_absolute() else (path.parent / d)
+        cfg = cfg.model_copy(update={"data": data.model_copy(update={"data_dir": str(d.resolve())})})
+    from safs.data import DataError, check_dataset
+
+    try:
+        check_dataset(cfg.data.name, cfg.data.data_dir)
+    except DataError as e:
+        raise ConfigError(f"{path.name}: {e}") from None
+    try:
+        _check_model(cfg)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path.name}: {str(e).strip(chr(34) + chr(39))}") from None
+    return cfg
+
+
+def _check_model(cfg) -> None:
+    """Build the model and the sparse method once on the CPU, so bad options fail before Ray starts."""
+    from safs.data import dataset_shape
+    from safs.models import create_model
+    from safs.sparsity import create_method
+
+    num_classes, shape = dataset_shape(cfg.data.name)
+    try:
+        create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
+    except TypeError as e:
+        raise ValueError(f"model.options: {e}") from None
+    if cfg.sparsity is not None:
+        create_method(cfg.sparsity.method, cfg.sparsity.target, cfg.sparsity.options)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="safs")
+def main():
+    """safs: activation-function and hyperparameter search for sparse neural networks."""
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results root; the run goes to RESULTS/<pipeline name>/.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved stages, their hashes and directories; run nothing.")
+@click.option("--address", default=None, help="Ray cluster address (auto, ray://host:port); default: a local Ray.")
+@click.option("--num-cpus", type=float, default=None, help="CPUs for a local Ray (default: all).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--verbose", is_flag=True, help="Show Ray and trial logs.")
+def run(pipeline: Path, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
+    """Run PIPELINE.yaml: skip done stages, resume interrupted ones, run the rest."""
+    cfg = _load(pipeline)
+    _run(cfg, results, dry_run, address, num_cpus, quiet, verbose)
+
+
+def _run(cfg, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
+    import logging
+
+    from safs import pipeline as pl
+
+    if dry_run:
+        for st in pl.plan(cfg, results):
+            click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<6} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
+        return
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    from safs.orchestrator import StageFailed, StageInterrupted
+
+    click.echo(f"safs: pipeline '{cfg.name}' -> {results / cfg.name}")
+    try:
+        pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose, echo=click.echo)
+    except StageInterrupted as e:
+        _fail(f"{e}; run the same command again to resume", EXIT_INTERRUPTED)
+    except StageFailed as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+    click.echo(f"safs: done. Table: safs table {results / cfg.name}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True)
+@click.option("--verbose", is_flag=True)
+@click.option("--address", default=None)
+@click.option("--num-cpus", type=float, default=None)
+def resume(run_dir: Path, quiet, verbose, address, num_cpus):
+    """Continue the run in RUN_DIR (RESULTS/<pipeline>) from its stored pipeline.yaml."""
+    stored = run_dir / "pipeline.yaml"
+    if not stored.is_file():
+        _fail(f"{run_dir}: not a safs run directory (no pipeline.yaml)")
+    cfg = _load(stored)
+    _run(cfg, run_dir.parent, False, address, num_cpus, quiet, verbose)
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def status(target: Path, results: Path):
+    """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending."""
+    from safs import pipeline as pl
+    from safs.config import ConfigError, load_pipeline
+
+    try:
+        if target.is_dir():
+            cfg, root = load_pipeline(target / "pipeline.yaml"), target.parent
+        else:
+            cfg, root = load_pipeline(target), results
+    except ConfigError as e:
+        _fail(str(e))
+    click.echo(f"pipeline {cfg.name} ({root / cfg.name})")
+    for st in pl.plan(cfg, root):
+        click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<6} {st.hash}  {pl.stage_status(st)}")
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["models", "datasets", "methods", "activations"]))
+def list_(what: str):
+    """List what the registries hold."""
+    if what == "models":
+        from safs.models import list_models, model_info
+
+        for n in list_models():
+            click.echo(f"{n:<18} {model_info(n)}")
+        click.echo(f"{'torchvision.<name>':<18} any torchvision classification model, activations made searchable")
+    elif what == "datasets":
+        from safs.data import dataset_info, list_datasets
+
+        for n in list_datasets():
+            click.echo(f"{n:<12} {dataset_info(n)}")
+    elif what == "methods":
+        from safs.sparsity import list_methods, method_info
+
+        for n in list_methods():
+            click.echo(f"{n:<14} {method_info(n)}")
+    else:
+        from safs.activations import list_operators
+
+        click.echo("\n".join(list_operators()))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write to a file instead of stdout.")
+def table(paths, fmt: str, out: Path | None):
+    """Results table from run directories: test accuracy per stage and achieved sparsity."""
+    from safs.report.rows import load_results
+    from safs.report.tables import render, stages_table
+
+    df = load_results(*paths)
+    if df.empty:
+        _fail(f"no finished stages under {', '.join(map(str, paths))}")
+    text = render(stages_table(df), fmt)
+    if out:
+        from safs.io import write_text
+
+        write_text(out, text if text.endswith("\n") else text + "\n")
+    else:
+        click.echo(text)
+
+
+if __name__ == "__main__":
+    main()

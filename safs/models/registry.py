@@ -1,0 +1,227 @@
+"""Model registry.
+
+The names, default activations and descriptions of the built-in models are a plain
+table here so that listing them (``safs list models``, config validation) does not
+import torch; a builder's module is imported only when the model is first built.
+
+Builders have the signature
+``builder(num_classes, input_shape, activation, **options) -> nn.Module``, where
+``input_shape`` is ``(channels, height, width)`` and every option is a keyword-only
+parameter (that is how :func:`create_model` knows the accepted options).
+
+``torchvision.<fn>`` names are handled by :mod:`safs.models.torchvision_models`
+and are not entries of :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is only needed when a model is actually built
+    from torch import nn
+
+Builder = Callable[..., "nn.Module"]
+
+TORCHVISION_PREFIX = "torchvision."
+#: What a torchvision model's activation defaults to: each native activation module
+#: becomes a slot of the matching operator (see ``replace_activations``).
+NATIVE_ACTIVATION = "native"
+#: The line `safs list models` can print for the torchvision family.
+TORCHVISION_INFO = (
+    f"{TORCHVISION_PREFIX}<name>".ljust(22)
+    + f"activation: {NATIVE_ACTIVATION:<10} any torchvision classification model "
+    "(weights=None), native activations become slots, first conv adapted to the input channels"
+)
+
+# Parameters every builder takes positionally; everything else is an option.
+_BUILDER_ARGS = ("num_classes", "input_shape", "activation")
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    default_activation: str
+    description: str
+    module: str | None = None  # where the builder registers itself (lazy import)
+    builder: Builder | None = None
+
+
+# name -> (module defining the builder, default activation, description)
+_BUILTIN: dict[str, tuple[str, str, str]] = {
+    "lenet5": ("safs.models.lenet", "relu", "LeNet-5 (2 conv + 3 fc, no BN), any input size"),
+    "vgg11": ("safs.models.vgg", "relu", "VGG-11 with BN, CIFAR style (one linear classifier)"),
+    "vgg16": ("safs.models.vgg", "relu", "VGG-16 with BN, CIFAR style (one linear classifier)"),
+    "resnet18": (
+        "safs.models.resnet",
+        "relu",
+        "ResNet-18, CIFAR stem; option safs_shortcut: activation on the shortcut (SAFS variant)",
+    ),
+    "efficientnet_b0": (
+        "safs.models.efficientnet",
+        "swish",
+        "EfficientNet-B0 for small inputs (stride-1 stem, SE on block output)",
+    ),
+}
+
+
+class _ModelRegistry(Mapping[str, Builder]):
+    """name -> builder; looking a built-in name up imports its module on first use."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ModelSpec] = {
+            name: ModelSpec(name, act, desc, module)
+            for name, (module, act, desc) in _BUILTIN.items()
+        }
+
+    def spec(self, name: str) -> ModelSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise ValueError(
+                f"model.name: unknown model '{name}'; accepted: {', '.join(self.specs)}"
+            ) from None
+
+    def __getitem__(self, name: str) -> Builder:
+        spec = self.specs[name]  # KeyError, as a Mapping should
+        if spec.builder is None and spec.module is not None:
+            importlib.import_module(spec.module)  # runs @register_model
+            spec = self.specs[name]  # the decorator stored a new spec
+        if spec.builder is None:
+            raise RuntimeError(f"model '{name}' is listed but {spec.module} did not register it")
+        return spec.builder
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+MODELS = _ModelRegistry()
+
+
+def register_model(
+    name: str, default_activation: str = "relu", description: str = ""
+) -> Callable[[Builder], Builder]:
+    """Decorator registering a model builder under ``name``."""
+    if name.startswith(TORCHVISION_PREFIX):
+        raise ValueError(f"model names starting with '{TORCHVISION_PREFIX}' are reserved")
+
+    def decorator(builder: Builder) -> Builder:
+        spec = MODELS.specs.get(name)
+        if spec is not None and (spec.builder is not None or spec.module != builder.__module__):
+            raise ValueError(f"model '{name}' is already registered")
+        MODELS.specs[name] = ModelSpec(
+            name, default_activation, description, builder.__module__, builder
+        )
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Registered model names (``torchvision.<name>`` is accepted too but not listed)."""
+    return list(MODELS)
+
+
+def default_activation(name: str) -> str:
+    """The operator a model uses when no activation is given.
+
+    For ``torchvision.<name>`` this is ``"native"`` (not an operator): every
+    activation module keeps its own kind (ReLU -> relu, Hardswish -> hardswish...).
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        return NATIVE_ACTIVATION
+    return MODELS.spec(name).default_activation
+
+
+def model_info(name: str) -> str:
+    """One line describing a model, for ``safs list models``.
+
+    ``model_info("torchvision.<name>")`` (any torchvision name) returns
+    :data:`TORCHVISION_INFO`.
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        return TORCHVISION_INFO
+    spec = MODELS.spec(name)
+    return f"{name:<22}activation: {spec.default_activation:<10} {spec.description}"
+
+
+def _accepted_options(builder: Builder) -> tuple[list[str], bool]:
+    """Keyword-only option names of a builder, and whether it takes ``**kwargs``."""
+    params = inspect.signature(builder).parameters.values()
+    names = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _BUILDER_ARGS]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _check_args(num_classes: int, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ValueError(
+            f"input_shape must be (channels, height, width) of positive integers, got {input_shape!r}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _check_activation(activation: str | None, allow_native: bool = False) -> None:
+    if activation is None or (allow_native and activation == NATIVE_ACTIVATION):
+        return
+    from safs.activations import OPERATORS, list_operators
+
+    if activation not in OPERATORS:
+        raise ValueError(
+            f"model.activation: unknown activation '{activation}'; "
+            f"accepted: {', '.join(list_operators())}"
+        )
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    activation: str | None = None,
+    **options: Any,
+) -> "nn.Module":
+    """Build a model with every activation as an :class:`~safs.activations.ActivationSlot`.
+
+    ``activation`` is the operator of every slot (``None``: the model's default).
+    """
+    shape = _check_args(num_classes, input_shape)
+    if name.startswith(TORCHVISION_PREFIX):
+        _check_activation(activation, allow_native=True)
+        from safs.models.torchvision_models import build_torchvision_model
+
+        native = activation is None or activation == NATIVE_ACTIVATION
+        return build_torchvision_model(
+            name[len(TORCHVISION_PREFIX):], num_classes, shape, None if native else activation,
+            **options,
+        )
+
+    spec = MODELS.spec(name)  # ValueError "model.name: unknown model ..."
+    builder = MODELS[name]
+    _check_activation(activation)
+    accepted, any_option = _accepted_options(builder)
+    if not any_option:
+        for key in options:
+            if key not in accepted:
+                raise ValueError(
+                    f"model.options.{key}: unknown option for model '{name}'; "
+                    f"accepted: {', '.join(accepted) or '(none)'}"
+                )
+    return builder(num_classes, shape, activation or spec.default_activation, **options)
+
+
+def prunable_layers(model: "nn.Module") -> dict[str, "nn.Module"]:
+    """Every ``nn.Conv2d`` and ``nn.Linear`` by qualified name, first conv and
+    classifier included (which of them to prune is the sparsity method's call)."""
+    from torch import nn
+
+    return {
+        name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    }

@@ -1,0 +1,230 @@
+"""Stage graph, stage hashing, run directories, skip/resume and status.
+
+A stage's directory is ``<results>/<pipeline>/<NN>-<stage>-<hash>/``. The hash covers the
+stage's own settings (normalised, defaults included) and the hash of the stage before it, so
+changing one stage re-runs it and everything after it, and nothing before it. Cosmetic
+fields (stage name, table label, data location, resources) are not part of the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safs.config import PipelineConfig, PruneStage, TrainStage
+from safs.io import read_json
+
+HASH_VERSION = 1
+RECORD = "stage.json"
+MODEL = "model.pt"
+
+DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final"}
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    name: str
+    kind: str
+    label: str
+    hash: str
+    dir: Path
+    spec: dict[str, Any] = field(repr=False)  # everything a trial needs; JSON-serialisable
+
+    @property
+    def record_path(self) -> Path:
+        return self.dir / RECORD
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / MODEL
+
+    @property
+    def epochs(self) -> int:
+        return self.spec["stage"].get("epochs", 0)
+
+
+def _digest(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
+    """Resolve every stage to its settings, hash and directory (no I/O)."""
+    run_dir = Path(results_root) / cfg.name
+    context = {  # what the first stage's output depends on besides its own settings
+        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"}),
+        "model": cfg.model.model_dump(mode="json"),
+        "seed": cfg.seed,
+    }
+    upstream: Any = context
+    pruned = False
+    plans = []
+    for i, st in enumerate(cfg.stages):
+        settings = st.model_dump(mode="json", exclude={"name", "label"})
+        if isinstance(st, PruneStage):
+            settings["target"] = cfg.prune_target(st)
+            uses_method = True
+            pruned = True
+        else:
+            assert isinstance(st, TrainStage)
+            uses_method = st.sparse if st.sparse is not None else pruned
+        sparsity = cfg.sparsity.model_dump(mode="json") if uses_method and cfg.sparsity else None
+        h = _digest({"v": HASH_VERSION, "settings": settings, "sparsity": sparsity, "upstream": upstream})
+        label = st.label or DEFAULT_LABELS.get(st.name, st.name)
+        spec = {
+            "pipeline": cfg.name,
+            "index": i,
+            "name": st.name,
+            "kind": st.kind,
+            "label": label,
+            "hash": h,
+            "seed": cfg.seed,
+            "stage": settings,
+            "sparsity": sparsity,
+            "data": cfg.data.model_dump(mode="json"),
+            "model": cfg.model.model_dump(mode="json"),
+            "resources": cfg.resources.model_dump(mode="json"),
+        }
+        plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec))
+        upstream = h
+    return plans
+
+
+def read_record(stage: StagePlan) -> dict | None:
+    return read_json(stage.record_path)
+
+
+def is_done(stage: StagePlan) -> bool:
+    rec = read_record(stage)
+    return bool(rec) and rec.get("status") == "done" and rec.get("hash") == stage.hash and stage.model_path.is_file()
+
+
+def epochs_completed(stage: StagePlan) -> int:
+    """Epochs a (possibly interrupted) stage has reported, from its Tune trial logs."""
+    best = 0
+    for result in (stage.dir / "tune").glob("*/result.json"):
+        try:
+            lines = result.read_text().strip().splitlines()
+            if lines:
+                best = max(best, int(json.loads(lines[-1]).get("epoch", 0)))
+        except (OSError, ValueError):
+            continue
+    return best
+
+
+def stage_status(stage: StagePlan) -> str:
+    if is_done(stage):
+        return "done"
+    if not stage.dir.exists():
+        return "pending"
+    rec = read_record(stage) or {}
+    if rec.get("status") == "failed":
+        return f"failed ({rec.get('error', 'see stage.json')})"
+    if stage.kind == "train":
+        return f"partial (epoch {epochs_completed(stage)} of {stage.epochs})"
+    return "partial"
+
+
+# --------------------------------------------------------------------------- running
+
+def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, num_cpus: float | None = None,
+        quiet: bool = False, verbose: bool = False, echo=print) -> list[StagePlan]:
+    """Run every stage that is not done yet, in order. Done stages are skipped; interrupted
+    ones are restored from their Tune state; a changed stage gets a new hash and directory."""
+    import time
+
+    import yaml
+
+    from safs import orchestrator
+    from safs.io import write_text
+
+    plans = plan(cfg, results_root)
+    run_dir = Path(results_root) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "pipeline.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    orchestrator.forward_sigterm()
+    started_ray = False
+    previous: StagePlan | None = None
+    for st in plans:
+        tag = f"[{st.index + 1:02d}] {st.name:<12}"
+        if is_done(st):
+            echo(f"{tag} done (cached)  {_summary(read_record(st))}")
+            previous = st
+            continue
+        if not started_ray:
+            orchestrator.ensure_ray(address, num_cpus, verbose)
+            started_ray = True
+        spec = dict(st.spec, input=str(previous.model_path.resolve()) if previous else None)
+        record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
+                  "settings": st.spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
+        from safs.io import write_json
+
+        previous_record = read_record(st) or {}
+        record["attempts"] = int(previous_record.get("attempts", 0)) + 1
+        write_json(st.record_path, record)
+        try:
+            result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
+        except orchestrator.StageFailed as e:
+            write_json(st.record_path, {**record, "status": "failed", "error": _last_line(str(e))})
+            raise
+        except orchestrator.StageInterrupted as e:
+            write_json(st.record_path, {**record, "status": "interrupted", "error": str(e)})
+            raise
+        rec = _complete(st, spec, record, result, wall)
+        echo(f"{tag} done in {wall:.1f}s  {_summary(rec)}")
+        previous = st
+    return plans
+
+
+def _complete(st: StagePlan, spec: dict, record: dict, result, wall: float) -> dict:
+    """Copy the stage's model out of its last checkpoint and write ``stage.json`` (last, atomically)."""
+    import platform
+    import time
+
+    import ray
+    import torch
+
+    import safs
+    from safs.io import copy_file, sha256, write_json
+    from safs.report.rows import make_row
+    from safs.stages.common import load_model
+    from safs.training.measure import measure
+
+    with result.checkpoint.as_directory() as d:
+        copy_file(Path(d) / MODEL, st.model_path)
+        history = json.loads((Path(d) / "history.json").read_text())
+    model, blob = load_model(st.model_path)
+    m = measure(model, tuple(blob["model"]["input_shape"]))
+    row = make_row(spec, history, m, wall_s=wall, trial_id=result.metrics.get("trial_id", ""), status="done")
+    rec = {
+        **record,
+        "status": "done",
+        "finished": time.time(),
+        "wall_s": wall,
+        "resumed_from_epoch": max((h.get("start_epoch", 0) for h in history), default=0),
+        "history": history,
+        "measurement": m.as_dict(),
+        "row": row,
+        "model_sha256": sha256(st.model_path),
+        "versions": {"safs": safs.__version__, "torch": torch.__version__, "ray": ray.__version__,
+                     "python": platform.python_version()},
+    }
+    write_json(st.record_path, rec)
+    return rec
+
+
+def _summary(rec: dict | None) -> str:
+    row = (rec or {}).get("row") or {}
+    if not row:
+        return ""
+    return (f"val_acc={row['val_acc']:.4f} test_acc={row['test_acc']:.4f} "
+            f"sparsity={row['achieved_sparsity']:.4f}")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else text

@@ -1,0 +1,1 @@
+"""Results rows -> DataFrame, paper tables."""

@@ -1,0 +1,79 @@
+"""One results-row schema for every stage and trial (shrinkbench style).
+
+Rows live in each stage's ``stage.json`` (key ``row``); tables are built from rows only,
+never parsed from logs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROW_COLUMNS = [
+    "pipeline", "stage", "stage_index", "stage_kind", "label", "stage_hash", "trial_id", "status",
+    "model", "dataset", "method", "target_sparsity", "achieved_sparsity", "params", "nnz", "macs",
+    "nnz_macs", "val_acc", "test_acc", "best_epoch", "val_acc_last", "test_acc_last", "epochs",
+    "wall_s", "seed", "config",
+]
+
+
+def make_row(spec: dict, history: list[dict], m, *, wall_s: float, trial_id: str, status: str) -> dict:
+    """The row of one finished stage/trial from its per-epoch history and measurement."""
+    best = max(history, key=lambda h: (h["val_acc"], -h["epoch"])) if history else {}
+    last = history[-1] if history else {}
+    sp = spec.get("sparsity")
+    row = {
+        "pipeline": spec["pipeline"],
+        "stage": spec["name"],
+        "stage_index": spec["index"],
+        "stage_kind": spec["kind"],
+        "label": spec["label"],
+        "stage_hash": spec["hash"],
+        "trial_id": trial_id,
+        "status": status,
+        "model": spec["model"]["name"],
+        "dataset": spec["data"]["name"],
+        "method": sp["method"] if sp else "dense",
+        "target_sparsity": sp["target"] if sp else 0.0,
+        "achieved_sparsity": m.sparsity,
+        "params": m.params,
+        "nnz": m.nnz,
+        "macs": m.macs,
+        "nnz_macs": m.nnz_macs,
+        "val_acc": best.get("val_acc"),
+        "test_acc": best.get("test_acc"),
+        "best_epoch": best.get("epoch"),
+        "val_acc_last": last.get("val_acc"),
+        "test_acc_last": last.get("test_acc"),
+        "epochs": last.get("epoch", 0),
+        "wall_s": wall_s,
+        "seed": spec["seed"],
+        "config": json.dumps(spec["stage"], sort_keys=True),
+    }
+    assert list(row) == ROW_COLUMNS
+    return row
+
+
+def stage_records(*paths: str | Path) -> list[dict]:
+    """Every ``stage.json`` under the given run directories, results roots or stage directories."""
+    out, seen = [], set()
+    for p in map(Path, paths):
+        candidates = [p] if p.name == "stage.json" else sorted(p.glob("**/stage.json"))
+        for f in candidates:
+            if f.resolve() in seen or "tune" in f.parts[len(p.parts):]:
+                continue
+            seen.add(f.resolve())
+            try:
+                out.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+
+def load_results(*paths: str | Path):
+    """All results rows under ``paths`` as a pandas DataFrame with ``ROW_COLUMNS``."""
+    import pandas as pd
+
+    rows = [r["row"] for r in stage_records(*paths) if r.get("status") == "done" and r.get("row")]
+    df = pd.DataFrame(rows, columns=ROW_COLUMNS)
+    return df.sort_values(["pipeline", "stage_index"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,91 @@
+"""The sparse-method plugin interface.
+
+A method is one object per trial. The training loop calls its hooks; nothing outside
+``safs/sparsity`` knows which method runs. Sparsity and MACs are measured by
+``safs.training.measure`` on the finalized model, never by the method itself.
+
+Hook order in a training stage, per step::
+
+    forward -> loss -> backward -> before_step() -> optimizer.step() -> after_step()
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from safs.sparsity.masks import MaskKeeper
+
+Control = Literal["exact", "indirect", "fixed"]
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``nn.Conv2d`` and ``nn.Linear``, first conv and classifier included."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+class SparseMethod:
+    """Base class with no-op hooks; a method overrides what it needs."""
+
+    name: ClassVar[str]
+    control: ClassVar[Control]  # how the achieved sparsity relates to the target
+    changes_architecture: ClassVar[bool] = False
+
+    def __init__(self, target: float, **options: Any):
+        if options:
+            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(options))} for method '{self.name}'")
+        self.target = target
+        self._keeper: MaskKeeper | None = None
+
+    # --- setup ------------------------------------------------------------------------
+    def layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The layers this method may touch."""
+        return prunable_layers(model)
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Prepare ``model`` for training with this method (called once per stage)."""
+        self._keeper = MaskKeeper(model)
+        return model
+
+    def prune(self, model: nn.Module, target: float | None = None) -> None:
+        """One-shot mask computation (the ``prune`` stage). Training-time methods may no-op."""
+
+    def param_groups(self, model: nn.Module, groups: list[dict]) -> list[dict]:
+        return groups
+
+    # --- training hooks -----------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None: ...
+
+    def on_epoch_end(self, epoch: int) -> None: ...
+
+    def before_step(self) -> None:
+        if self._keeper:
+            self._keeper.mask_grads()
+
+    def after_step(self) -> None:
+        if self._keeper:
+            self._keeper.mask_weights()
+
+    # --- export -------------------------------------------------------------------------
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Plain modules with zeros in ``weight`` and a ``weight_mask`` buffer per sparse layer."""
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@torch.no_grad()
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep all but the floor(sparsity * n) smallest-|w| entries (exact count, ties by index)."""
+    n = weight.numel()
+    k = int(sparsity * n)
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if k > 0:
+        idx = torch.argsort(weight.detach().abs().flatten(), stable=True)[:k]
+        mask[idx] = False
+    return mask.view_as(weight)

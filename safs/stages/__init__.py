@@ -1,0 +1,16 @@
+"""One module per stage kind; ``trainable`` is the single Ray Tune entry point."""
+
+from __future__ import annotations
+
+import importlib
+
+STAGE_MODULES = {"train": "safs.stages.train", "prune": "safs.stages.prune"}
+
+
+def trainable(config: dict) -> None:
+    """Ray Tune function trainable: runs one trial of the stage described by ``config['spec']``."""
+    from safs.stages.common import threads_from_resources
+
+    threads_from_resources()
+    spec = config["spec"]
+    importlib.import_module(STAGE_MODULES[spec["kind"]]).run_trial(spec)

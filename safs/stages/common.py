@@ -1,0 +1,100 @@
+"""What every trial shares: device, cached datasets, model files and epoch checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from safs.io import torch_save
+
+MODEL_FORMAT = 1
+_DATASETS: dict[tuple, Any] = {}  # one load per worker process; reused actors keep it
+
+
+def trial_device(spec: dict) -> torch.device:
+    if spec["resources"]["gpus_per_trial"] > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def dataset(spec: dict, device: torch.device):
+    from safs.data import load_dataset
+
+    d = spec["data"]
+    key = (d["name"], d["data_dir"], d["split_seed"], d["val_fraction"], d["test_fraction"], str(device))
+    if key not in _DATASETS:
+        _DATASETS.clear()  # keep at most one dataset per worker in memory
+        ds = load_dataset(d["name"], d["data_dir"], seed=d["split_seed"],
+                          val_fraction=d["val_fraction"], test_fraction=d["test_fraction"])
+        _DATASETS[key] = ds.to(device)
+    return _DATASETS[key]
+
+
+def new_model(spec: dict, ds) -> nn.Module:
+    from safs.models import create_model
+
+    m = spec["model"]
+    torch.manual_seed(spec["seed"])  # same initial weights for the same seed
+    return create_model(m["name"], ds.num_classes, tuple(ds.input_shape), m["activation"], **m["options"])
+
+
+def model_meta(spec: dict, ds) -> dict:
+    m = spec["model"]
+    return {"name": m["name"], "activation": m["activation"], "options": m["options"],
+            "num_classes": ds.num_classes, "input_shape": list(ds.input_shape)}
+
+
+def save_model(path: Path, model: nn.Module, meta: dict, method: str | None) -> None:
+    """``model.pt``: weights, masks, activation genome and α/β, loadable with weights_only=True."""
+    from safs.activations import genome
+
+    torch_save({"format": MODEL_FORMAT, "model": meta, "genome": genome(model), "method": method,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    from safs.activations import apply_genome
+    from safs.models import create_model
+    from safs.sparsity.masks import ensure_mask_buffers
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a safs model file (format {blob.get('format')!r})")
+    meta = blob["model"]
+    model = create_model(meta["name"], meta["num_classes"], tuple(meta["input_shape"]), meta["activation"], **meta["options"])
+    apply_genome(model, blob["genome"])
+    ensure_mask_buffers(model, blob["state_dict"])
+    model.load_state_dict(blob["state_dict"], strict=True)
+    return model.to(device), blob
+
+
+def prepare_for_device(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@contextmanager
+def checkpoint_dir() -> Iterator[Path]:
+    """A scratch directory that Tune copies into the trial's checkpoint on report."""
+    with tempfile.TemporaryDirectory(prefix="safs-ckpt-") as d:
+        yield Path(d)
+
+
+def write_history(d: Path, history: list[dict]) -> None:
+    (d / "history.json").write_text(json.dumps(history))
+
+
+def threads_from_resources() -> None:
+    # Ray sets OMP_NUM_THREADS from the trial's CPU share; make torch follow it.
+    n = os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit() and int(n) > 0:
+        torch.set_num_threads(int(n))

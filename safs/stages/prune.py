@@ -1,0 +1,36 @@
+"""The ``prune`` stage: the sparse method's one-shot prune of the input model, then an
+evaluation of the pruned, not yet fine-tuned network (the "Pruned" column)."""
+
+from __future__ import annotations
+
+import time
+
+from ray import tune
+
+from safs.stages import common
+from safs.training.loop import autocast_for, evaluate
+
+
+def run_trial(spec: dict) -> None:
+    from safs.data import Batches
+    from safs.sparsity import create_method
+
+    t0 = time.perf_counter()
+    st, sp = spec["stage"], spec["sparsity"]
+    device = common.trial_device(spec)
+    ds = common.dataset(spec, device)
+    model, _ = common.load_model(spec["input"])
+    model = common.prepare_for_device(model, device)
+    method = create_method(sp["method"], sp["target"], sp["options"])
+    model = method.attach(model)
+    method.prune(model, st["target"])
+    model = method.finalize(model)
+    autocast = lambda: autocast_for(device)  # noqa: E731
+    val_loss, val_acc = evaluate(model, Batches(ds, "val", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
+    _, test_acc = evaluate(model, Batches(ds, "test", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
+    metrics = {"epoch": 0, "epochs": 0, "start_epoch": 0, "val_loss": val_loss, "val_acc": val_acc,
+               "test_acc": test_acc, "epoch_s": time.perf_counter() - t0}
+    with common.checkpoint_dir() as d:
+        common.save_model(d / "model.pt", model, common.model_meta(spec, ds), sp["method"])
+        common.write_history(d, [metrics])
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))

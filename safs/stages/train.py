@@ -1,0 +1,100 @@
+"""The ``train`` stage (dense, retrain, final): one Tune trial, one report per epoch.
+
+Each epoch ends with a checkpoint holding the full training state, so a killed trial or a
+restored experiment continues from its last epoch with the same data order (batches are
+seeded by (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from ray import tune
+
+from safs.stages import common
+from safs.training.loop import autocast_for, evaluate, train_epoch
+from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
+
+
+def run_trial(spec: dict) -> None:
+    from safs.data import Batches
+    from safs.sparsity import create_method
+
+    st = spec["stage"]
+    device = common.trial_device(spec)
+    ds = common.dataset(spec, device)
+    if spec.get("input"):
+        model, _ = common.load_model(spec["input"])
+    else:
+        model = common.new_model(spec, ds)
+    model = common.prepare_for_device(model, device)
+    method = None
+    if spec["sparsity"] is not None:
+        sp = spec["sparsity"]
+        method = create_method(sp["method"], sp["target"], sp["options"])
+        model = method.attach(model)
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if method is not None:
+        groups = method.param_groups(model, groups)
+    optimizer = make_optimizer(groups, _optimizer_cfg(st))
+    scheduler = make_scheduler(optimizer, _schedule_cfg(st), st["epochs"])
+
+    start, history = 0, []
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(f"{d}/state.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if method is not None:
+            method.load_state_dict(state["method"])
+            method.attach(model)  # re-derive per-step caches from the restored masks
+        start, history = state["epoch"], state["history"]
+
+    seed = spec["seed"] * 1000 + spec["index"]  # distinct data order per stage, fixed per seed
+    train_batches = Batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
+    val_batches = Batches(ds, "val", st["eval_batch_size"], train=False)
+    test_batches = Batches(ds, "test", st["eval_batch_size"], train=False)
+    autocast = lambda: autocast_for(device)  # noqa: E731
+    meta = common.model_meta(spec, ds)
+
+    for epoch in range(start, st["epochs"]):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        if method is not None:
+            method.on_epoch_start(epoch)
+        train_loss, train_acc = train_epoch(model, train_batches.epoch(epoch), optimizer, method,
+                                            label_smoothing=st["label_smoothing"], autocast=autocast)
+        if method is not None:
+            method.on_epoch_end(epoch)
+        step_scheduler(scheduler, train_loss)
+        val_loss, val_acc = evaluate(model, val_batches.epoch(0), autocast=autocast)
+        _, test_acc = evaluate(model, test_batches.epoch(0), autocast=autocast)
+        metrics = {"epoch": epoch + 1, "epochs": st["epochs"], "start_epoch": start, "lr": lr,
+                   "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                   "val_acc": val_acc, "test_acc": test_acc, "epoch_s": time.perf_counter() - t0}
+        history.append(metrics)
+        with common.checkpoint_dir() as d:
+            torch.save({"epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "method": method.state_dict() if method is not None else {}}, d / "state.pt")
+            if epoch + 1 == st["epochs"]:
+                final = method.finalize(model) if method is not None else model
+                common.save_model(d / "model.pt", final, meta, spec["sparsity"] and spec["sparsity"]["method"])
+                common.write_history(d, history)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+
+
+def _optimizer_cfg(st: dict):
+    from safs.config import OptimizerConfig
+
+    return OptimizerConfig(**st["optimizer"])
+
+
+def _schedule_cfg(st: dict):
+    from safs.config import ScheduleConfig
+
+    return ScheduleConfig(**st["schedule"])

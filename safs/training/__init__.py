@@ -1,0 +1,1 @@
+"""The train/eval loop, optimizers and schedules, and sparsity/MAC accounting."""

@@ -1,0 +1,76 @@
+"""The train/eval loop.
+
+Deliberately plain: batches come from device-resident tensors, loss and accuracy accumulate
+on the device and are read once per epoch, and the sparse method's hooks are the only
+per-step extras. A hand-written PyTorch loop over the same model is the baseline it is
+benchmarked against (``benchmarks/train_overhead.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the trial fails and the search goes on."""
+
+
+def autocast_for(device: torch.device):
+    # bf16 autocast on GPU only; on CPU it is slower for these small models.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, method=None, *,
+                label_smoothing: float = 0.0, autocast=contextlib.nullcontext) -> tuple[float, float]:
+    """One pass over ``batches`` (an iterable of (x, y)); returns (mean loss, accuracy)."""
+    model.train()
+    loss_sum = correct = None
+    n = 0
+    for x, y in batches:
+        with autocast():
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if method is not None:
+            method.before_step()
+        optimizer.step()
+        if method is not None:
+            method.after_step()
+        with torch.no_grad():
+            batch_loss = loss.detach() * y.shape[0]
+            batch_correct = (out.argmax(1) == y).sum()
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = batch_correct if correct is None else correct + batch_correct
+        n += y.shape[0]
+    if n == 0:
+        raise ValueError("no training batches (empty training split?)")
+    mean_loss = loss_sum.item() / n
+    if not math.isfinite(mean_loss):
+        raise Diverged(f"training loss is {mean_loss}")
+    return mean_loss, correct.item() / n
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches, *, autocast=contextlib.nullcontext) -> tuple[float, float]:
+    """(mean loss, accuracy) over ``batches``."""
+    model.eval()
+    loss_sum = torch.zeros(())
+    correct = 0
+    n = 0
+    for x, y in batches:
+        with autocast():
+            out = model(x)
+        loss_sum = loss_sum + F.cross_entropy(out.float(), y, reduction="sum").cpu()
+        correct += int((out.argmax(1) == y).sum())
+        n += y.shape[0]
+    if n == 0:
+        return float("nan"), float("nan")
+    return loss_sum.item() / n, correct / n

@@ -1,0 +1,29 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    from safs import orchestrator  # noqa: F401  (sets Tune's environment defaults first)
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def safs_cmd() -> list[str]:
+    return [sys.executable, "-m", "safs.cli"]
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    return env
