@@ -24,6 +24,8 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Frequent snapshots are intended (see above); don't warn about them.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 class StageFailed(RuntimeError):
@@ -39,7 +41,7 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None, verbos
 
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, logging_level=logging.INFO if verbose else logging.WARNING,
+    kwargs = dict(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
                   log_to_driver=verbose)
     if address:
         ray.init(address=address, **kwargs)
@@ -73,7 +75,7 @@ def _progress_callback(stage: StagePlan, quiet: bool):
                 self._bar = tqdm(total=max(1, stage.epochs), desc=f"{stage.index + 1:02d} {stage.name}",
                                  unit="epoch", leave=False, initial=result.get("start_epoch", 0))
             self._bar.n = max(self._bar.n, int(result.get("epoch", 0)))
-            self._bar.set_postfix(val_acc=f"{result.get('val_acc', float('nan')):.4f}")
+            self._bar.set_postfix(val_acc=f"{result.get('val_acc', float('nan')):.4f}", refresh=False)
             self._bar.refresh()
 
         def on_experiment_end(self, trials, **info):

@@ -1,0 +1,166 @@
+"""Real pipelines on Ray Tune: resume after SIGKILL, stage caching, status and the table."""
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT, safs_cmd, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = """
+name: e2e
+seed: 1
+data: {{name: {data}}}
+model: {{name: lenet5}}
+sparsity: {{method: lwm, target: 0.8}}
+defaults:
+  train: {{batch_size: 64, optimizer: {{name: adam, lr: 0.003}}}}
+stages:
+  - {{name: dense, kind: train, epochs: {dense}}}
+  - {{name: prune, kind: prune}}
+  - {{name: retrain, kind: train, epochs: {retrain}}}
+"""
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    out = {}
+    for f in sorted(run_dir.glob("*/stage.json")):
+        out[f.parent.name] = json.loads(f.read_text())
+    return out
+
+
+def by_stage(recs: dict[str, dict], name: str) -> dict:
+    [rec] = [r for d, r in recs.items() if d.split("-")[1] == name]
+    return rec
+
+
+def last_epoch(stage_dir_glob: list[Path]) -> int:
+    best = 0
+    for d in stage_dir_glob:
+        for f in d.glob("tune/*/result.json"):
+            lines = f.read_text().strip().splitlines()
+            if lines:
+                best = max(best, json.loads(lines[-1])["epoch"])
+    return best
+
+
+def kill_ray_leftovers(ray_tmp: str) -> None:
+    """Ray processes of the killed driver outlive it; stop exactly those, by PID."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if ray_tmp in cmd or any(ray_tmp in f.path for f in proc.open_files()):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def test_sigkill_during_retrain_resumes_without_repeating_dense(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(PIPELINE.format(data="mnist5k", dense=2, retrain=12))
+    results = tmp_path / "results"
+    ray_tmp = tempfile.mkdtemp(prefix="safs-ray-")  # short: Ray's socket paths have a length limit
+    env = subprocess_env(RAY_TMPDIR=ray_tmp)
+    cmd = safs_cmd() + ["run", str(f), "--results", str(results), "--quiet", "--num-cpus", "2"]
+    try:
+        p = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:
+            if last_epoch(list(results.glob("e2e/03-retrain-*"))) >= 4:
+                time.sleep(1.5)  # let Tune snapshot the experiment with a recent checkpoint
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be killed:\n" + p.stdout.read()
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        kill_ray_leftovers(ray_tmp)
+
+    run_dir = results / "e2e"
+    before = records(run_dir)
+    dense = by_stage(before, "dense")
+    assert dense["status"] == "done" and by_stage(before, "retrain")["status"] == "running"
+    status = subprocess.run(safs_cmd() + ["status", str(run_dir)], capture_output=True, text=True, env=env)
+    assert "partial (epoch" in status.stdout and "of 12)" in status.stdout, status.stdout
+
+    try:
+        p2 = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        kill_ray_leftovers(ray_tmp)
+    assert p2.returncode == 0, p2.stdout + p2.stderr
+    after = records(run_dir)
+    assert by_stage(after, "dense") == dense  # not rerun: same record, same finish time, one attempt
+    assert by_stage(after, "prune") == by_stage(before, "prune")
+    retrain = by_stage(after, "retrain")
+    assert retrain["status"] == "done" and retrain["attempts"] == 2
+    assert retrain["resumed_from_epoch"] >= 1  # continued from an epoch checkpoint
+    assert [h["epoch"] for h in retrain["history"]] == list(range(1, 13))
+    assert "done (cached)" in p2.stdout
+
+    table = subprocess.run(safs_cmd() + ["table", str(run_dir), "--format", "csv"], capture_output=True,
+                           text=True, env=env)
+    header = table.stdout.splitlines()[0].split(",")
+    assert header == ["pipeline", "model", "dataset", "method", "target %", "achieved sparsity %",
+                      "Dense", "Pruned", "Magnitude Pruning"]
+    row = table.stdout.splitlines()[1].split(",")
+    assert row[:4] == ["e2e", "lenet5", "mnist5k", "lwm"] and float(row[5]) == pytest.approx(80.0, abs=0.1)
+
+
+def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session):
+    import safs
+    from safs.cli import main
+    from safs import pipeline
+    from safs.config import parse_pipeline
+    from safs.report.rows import ROW_COLUMNS
+    import yaml
+
+    results = tmp_path / "results"
+    cfg = parse_pipeline(yaml.safe_load(PIPELINE.format(data="digits", dense=3, retrain=2)))
+    lines = []
+    pipeline.run(cfg, results, quiet=True, echo=lines.append)
+    first = records(results / "e2e")
+    assert len(first) == 3 and all(r["status"] == "done" for r in first.values())
+
+    cfg2 = parse_pipeline(yaml.safe_load(PIPELINE.format(data="digits", dense=3, retrain=3)))
+    lines.clear()
+    pipeline.run(cfg2, results, quiet=True, echo=lines.append)
+    second = records(results / "e2e")
+    assert len(second) == 4  # one new retrain directory next to the old one
+    assert by_stage(second, "dense") == by_stage(first, "dense")
+    assert by_stage(second, "prune") == by_stage(first, "prune")
+    assert sum("done (cached)" in ln for ln in lines) == 2
+    new = [r for d, r in second.items() if d not in first]
+    assert new[0]["name"] == "retrain" and len(new[0]["history"]) == 3
+
+    # Results rows: one schema, real measurements.
+    df = safs.load_results(results / "e2e")
+    assert list(df.columns) == ROW_COLUMNS
+    dense = df[df.stage == "dense"].iloc[0]
+    pruned = df[df.stage == "prune"].iloc[0]
+    assert dense.achieved_sparsity == 0 and dense.test_acc > 0.5
+    assert pruned.achieved_sparsity == pytest.approx(0.8, abs=0.005)
+    assert pruned.nnz_macs < 0.3 * pruned.macs and pruned.macs == dense.macs
+    for retrained in df[df.stage == "retrain"].itertuples():  # masks survived real training
+        assert retrained.nnz == pruned.nnz
+    for r in df.itertuples():
+        assert 0 <= r.val_acc <= 1 and r.params > 0 and r.wall_s > 0
+
+    # Status of the new configuration: everything done.
+    f = tmp_path / "p.yaml"
+    f.write_text(PIPELINE.format(data="digits", dense=3, retrain=3))
+    out = CliRunner().invoke(main, ["status", str(f), "--results", str(results)]).output
+    assert out.count(" done") == 3, out
+    f.write_text(PIPELINE.format(data="digits", dense=3, retrain=4))
+    out = CliRunner().invoke(main, ["status", str(f), "--results", str(results)]).output
+    assert out.count(" done") == 2 and "pending" in out, out
