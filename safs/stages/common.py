@@ -76,8 +76,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
 
 
 def prepare_for_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to the trial's device in the faster memory layout: channels_last for conv nets
+    (tensor cores on GPU; oneDNN on CPU, 25% faster per LeNet-5 step, benchmarks/train_overhead.py)."""
     model = model.to(device)
-    if device.type == "cuda":
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     return model
 
