@@ -94,7 +94,7 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
 
     res = spec["resources"]
     fn = tune.with_resources(trainable, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
-    exp = stage.dir / "tune"
+    exp = stage.dir.resolve() / "tune"  # Tune takes URIs: a relative path has no scheme
     if tune.Tuner.can_restore(str(exp)):
         log.info("restoring %s from %s", stage.name, exp)
         tuner = tune.Tuner.restore(str(exp), trainable=fn, resume_errored=True)
@@ -106,7 +106,7 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
                                         trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=str(stage.dir.resolve()),
+                storage_path=str(exp.parent),
                 verbose=0,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=res["max_failures"]),

@@ -117,7 +117,7 @@ def test_sigkill_during_retrain_resumes_without_repeating_dense(tmp_path):
     assert row[:4] == ["e2e", "lenet5", "mnist5k", "lwm"] and float(row[5]) == pytest.approx(80.0, abs=0.1)
 
 
-def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session):
+def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session, monkeypatch):
     import safs
     from safs.cli import main
     from safs import pipeline
@@ -125,7 +125,8 @@ def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session):
     from safs.report.rows import ROW_COLUMNS
     import yaml
 
-    results = tmp_path / "results"
+    monkeypatch.chdir(tmp_path)
+    results = Path("results")  # relative, as users type it
     cfg = parse_pipeline(yaml.safe_load(PIPELINE.format(data="digits", dense=3, retrain=2)))
     lines = []
     pipeline.run(cfg, results, quiet=True, echo=lines.append)
