@@ -152,13 +152,13 @@ def list_(what: str):
         from safs.models import list_models, model_info
 
         for n in list_models():
-            click.echo(f"{n:<18} {model_info(n)}")
+            click.echo(model_info(n))
         click.echo(f"{'torchvision.<name>':<18} any torchvision classification model, activations made searchable")
     elif what == "datasets":
         from safs.data import dataset_info, list_datasets
 
         for n in list_datasets():
-            click.echo(f"{n:<12} {dataset_info(n)}")
+            click.echo(dataset_info(n))
     elif what == "methods":
         from safs.sparsity import list_methods, method_info
 

@@ -119,7 +119,9 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
     expected = stage.epochs if stage.kind == "train" else 0
     got = (result.metrics or {}).get("epoch")
     if result.error is not None:
-        raise StageFailed(f"stage '{stage.name}' failed: {type(result.error).__name__}: {result.error}")
+        lines = [ln.strip() for ln in str(result.error).splitlines() if ln.strip()]
+        raise StageFailed(f"stage '{stage.name}' failed: {lines[-1] if lines else type(result.error).__name__}"
+                          f" (trial log: {result.path})")
     if got != expected or result.checkpoint is None:
         raise StageInterrupted(f"stage '{stage.name}' stopped at epoch {got or 0} of {expected}")
     return result, time.time() - t0

@@ -140,7 +140,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
     import yaml
 
     from safs import orchestrator
-    from safs.io import write_text
+    from safs.io import write_json, write_text
 
     plans = plan(cfg, results_root)
     run_dir = Path(results_root) / cfg.name
@@ -161,15 +161,13 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
         spec = dict(st.spec, input=str(previous.model_path.resolve()) if previous else None)
         record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
                   "settings": st.spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
-        from safs.io import write_json
-
         previous_record = read_record(st) or {}
         record["attempts"] = int(previous_record.get("attempts", 0)) + 1
         write_json(st.record_path, record)
         try:
             result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
         except orchestrator.StageFailed as e:
-            write_json(st.record_path, {**record, "status": "failed", "error": _last_line(str(e))})
+            write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
             raise
         except orchestrator.StageInterrupted as e:
             write_json(st.record_path, {**record, "status": "interrupted", "error": str(e)})
@@ -223,8 +221,3 @@ def _summary(rec: dict | None) -> str:
         return ""
     return (f"val_acc={row['val_acc']:.4f} test_acc={row['test_acc']:.4f} "
             f"sparsity={row['achieved_sparsity']:.4f}")
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else text

@@ -165,3 +165,20 @@ def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session, mon
     f.write_text(PIPELINE.format(data="digits", dense=3, retrain=4))
     out = CliRunner().invoke(main, ["status", str(f), "--results", str(results)]).output
     assert out.count(" done") == 2 and "pending" in out, out
+
+
+def test_diverging_trial_is_recorded_as_failed(tmp_path, ray_session):
+    import yaml
+
+    from safs import pipeline
+    from safs.config import parse_pipeline
+    from safs.orchestrator import StageFailed
+
+    text = PIPELINE.format(data="digits", dense=2, retrain=1).replace(
+        "optimizer: {name: adam, lr: 0.003}", "optimizer: {name: sgd, lr: 1.0e+12}")
+    cfg = parse_pipeline(yaml.safe_load(text + "resources: {max_failures: 0}\n"))
+    with pytest.raises(StageFailed, match="training loss is nan|training loss is inf"):
+        pipeline.run(cfg, tmp_path / "results", quiet=True, echo=lambda _: None)
+    rec = by_stage(records(tmp_path / "results" / "e2e"), "dense")
+    assert rec["status"] == "failed" and "training loss is" in rec["error"] and "\n" not in rec["error"]
+    assert not any((tmp_path / "results" / "e2e").glob("02-*"))  # nothing downstream started

@@ -62,15 +62,16 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, met
 def evaluate(model: nn.Module, batches, *, autocast=contextlib.nullcontext) -> tuple[float, float]:
     """(mean loss, accuracy) over ``batches``."""
     model.eval()
-    loss_sum = torch.zeros(())
-    correct = 0
+    loss_sum = correct = None
     n = 0
     for x, y in batches:
         with autocast():
             out = model(x)
-        loss_sum = loss_sum + F.cross_entropy(out.float(), y, reduction="sum").cpu()
-        correct += int((out.argmax(1) == y).sum())
+        batch_loss = F.cross_entropy(out.float(), y, reduction="sum")
+        batch_correct = (out.argmax(1) == y).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         n += y.shape[0]
     if n == 0:
         return float("nan"), float("nan")
-    return loss_sum.item() / n, correct / n
+    return loss_sum.item() / n, correct.item() / n
