@@ -16,14 +16,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from safs.models import prunable_layers
 from safs.sparsity.masks import MaskKeeper
 
 Control = Literal["exact", "indirect", "fixed"]
-
-
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every ``nn.Conv2d`` and ``nn.Linear``, first conv and classifier included."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 class SparseMethod:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from safs.sparsity.base import prunable_layers
+from safs.models import prunable_layers
 from safs.sparsity.masks import masked_layers
 
 
