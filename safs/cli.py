@@ -149,11 +149,11 @@ def status(target: Path, results: Path):
 def list_(what: str):
     """List what the registries hold."""
     if what == "models":
-        from safs.models import list_models, model_info
+        from safs.models import TORCHVISION_INFO, list_models, model_info
 
         for n in list_models():
             click.echo(model_info(n))
-        click.echo(f"{'torchvision.<name>':<18} any torchvision classification model, activations made searchable")
+        click.echo(TORCHVISION_INFO)
     elif what == "datasets":
         from safs.data import dataset_info, list_datasets
 
