@@ -36,6 +36,7 @@ def _preflight(cfg, path: Path):
         d = Path(data.data_dir).expanduser()
         d = d if d.is_absolute() else (path.parent / d)
         cfg = cfg.model_copy(update={"data": data.model_copy(update={"data_dir": str(d.resolve())})})
+    cfg = _resolve_spaces(cfg, path)
     from safs.data import DataError, check_dataset
 
     try:
@@ -47,6 +48,25 @@ def _preflight(cfg, path: Path):
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{path.name}: {str(e).strip(chr(34) + chr(39))}") from None
     return cfg
+
+
+def _resolve_spaces(cfg, path: Path):
+    """Search-space files named by path are relative to the pipeline file; each must load."""
+    from safs.config import ConfigError
+    from safs.search.space import list_spaces, load_choices, resolve_space
+
+    stages = list(cfg.stages)
+    for i, st in enumerate(stages):
+        if st.kind != "activation_search":
+            continue
+        try:
+            resolved = resolve_space(st.space, path.parent)
+            load_choices(resolved)
+        except ValueError as e:
+            raise ConfigError(f"{path.name}: stages[{i}].space: {e}") from None
+        if st.space not in list_spaces():
+            stages[i] = st.model_copy(update={"space": str(resolved)})
+    return cfg.model_copy(update={"stages": stages})
 
 
 def _check_model(cfg) -> None:

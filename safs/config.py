@@ -114,20 +114,64 @@ class ScheduleConfig(_Strict):
     patience: int = Field(default=2, ge=0)  # plateau (on training loss, as in the original)
 
 
-class TrainStage(_Strict):
-    kind: Literal["train"]
-    name: str
-    label: str | None = None  # column title in tables; default derived from the name
-    epochs: int = Field(ge=1)
+class TrainingSettings(_Strict):
+    """How a network is trained: shared by train stages and by every search candidate."""
+
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=1024, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: bool | None = None  # None: the dataset's default augmentation
+
+
+class TrainStage(TrainingSettings):
+    kind: Literal["train"]
+    name: str
+    label: str | None = None  # column title in tables; default derived from the name
+    epochs: int = Field(ge=1)
     # Whether the sparse method's training hooks run in this stage. None: only after a prune
     # stage (keeps masks fixed while retraining); true: also from scratch (e.g. GMP).
     sparse: bool | None = None
+
+
+class FidelityConfig(_Strict):
+    """Successive halving on epochs (ASHA): candidates below the top 1/reduction_factor at an
+    epoch rung (min_epochs, min_epochs*rf, ...) stop early."""
+
+    min_epochs: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+
+class ActivationSearchStage(TrainingSettings):
+    """Stage 1 of SAFS: choose one activation operator per slot by fine-tuning candidates."""
+
+    kind: Literal["activation_search"]
+    name: str
+    label: str | None = None
+    algorithm: str = "lahc"
+    options: dict[str, Any] = Field(default_factory=dict)  # the algorithm's own settings
+    space: str = "safs13"  # a built-in space (search_spaces/activations) or a YAML path
+    epochs_per_candidate: int = Field(default=5, ge=1)
+    # Where candidates start: the previous stage's model, or the most recent prune stage's
+    # model before any fine-tuning (what the original SAFS code does).
+    start_from: Literal["input", "pruned"] = "input"
+    scales_trainable: bool = False  # alpha, beta of every slot (frozen in the original's stage 1)
+    max_concurrent: int | None = Field(default=None, ge=1)  # default: resources.max_concurrent_trials
+    fidelity: FidelityConfig | None = None
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, v: str) -> str:
+        from safs.search import list_optimizers
+
+        if v not in list_optimizers():
+            raise ValueError(f"unknown search algorithm '{v}'; accepted: {', '.join(list_optimizers())}")
+        return v
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_per_candidate
 
 
 class PruneStage(_Strict):
@@ -138,8 +182,8 @@ class PruneStage(_Strict):
     eval_batch_size: int = Field(default=1024, ge=1)
 
 
-Stage = Annotated[Union[TrainStage, PruneStage], Field(discriminator="kind")]
-STAGE_KINDS = ("train", "prune")
+Stage = Annotated[Union[TrainStage, PruneStage, ActivationSearchStage], Field(discriminator="kind")]
+STAGE_KINDS = ("train", "prune", "activation_search")
 
 
 class PipelineConfig(_Strict):
@@ -184,11 +228,28 @@ class PipelineConfig(_Strict):
                 last_target = target
             elif st.kind == "train" and st.sparse and self.sparsity is None:
                 raise _FieldError(f"stages[{i}].sparse", "true needs a sparsity block (method, target)")
+            elif isinstance(st, ActivationSearchStage):
+                _check_search_stage(st, f"stages[{i}]", any(s.kind == "prune" for s in self.stages[:i]))
         return self
 
     def prune_target(self, stage: PruneStage) -> float:
         assert self.sparsity is not None
         return stage.target if stage.target is not None else self.sparsity.target
+
+
+def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool) -> None:
+    from safs.search import GenomeSpace, create_optimizer
+
+    if st.fidelity is not None and st.fidelity.min_epochs >= st.epochs_per_candidate:
+        raise _FieldError(f"{path}.fidelity.min_epochs", f"{st.fidelity.min_epochs} must be below "
+                          f"epochs_per_candidate ({st.epochs_per_candidate})")
+    if st.start_from == "pruned" and not after_prune:
+        raise _FieldError(f"{path}.start_from", "'pruned' needs an earlier prune stage; accepted: input, pruned")
+    try:  # the algorithm's options, checked on a stand-in space
+        create_optimizer(st.algorithm, GenomeSpace(slots=("a", "b"), choices=("relu", "tanh"), baseline="relu"),
+                         seed=0, options=st.options)
+    except (ValueError, TypeError) as e:
+        raise _FieldError(f"{path}.options", str(e)) from None
 
 
 class _FieldError(ValueError):
@@ -243,11 +304,19 @@ def _apply_stage_defaults(raw: dict, source: str) -> dict:
         raise ConfigError(f"{source}: defaults: expected a mapping from stage kind to settings; accepted kinds: {', '.join(STAGE_KINDS)}")
     stages = raw.get("stages")
     if isinstance(stages, list):
-        raw["stages"] = [
-            _deep_merge(defaults.get(st.get("kind"), {}) or {}, st) if isinstance(st, dict) else st
-            for st in stages
-        ]
+        raw["stages"] = [_deep_merge(_defaults_for(st.get("kind"), defaults), st) if isinstance(st, dict) else st
+                         for st in stages]
     return raw
+
+
+def _defaults_for(kind: Any, defaults: dict) -> dict:
+    # Training settings under defaults.train also apply to search candidates, so a pipeline
+    # states its optimizer once.
+    own = defaults.get(kind) or {}
+    if kind != "activation_search" or not isinstance(defaults.get("train"), dict):
+        return own
+    shared = {k: v for k, v in defaults["train"].items() if k in TrainingSettings.model_fields}
+    return _deep_merge(shared, own) if isinstance(own, dict) else own
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -293,7 +362,7 @@ def _first_error(e: ValidationError) -> str:
     return f"{path}: {msg}"
 
 
-_STAGE_CLASSES = {"train": TrainStage, "prune": PruneStage}
+_STAGE_CLASSES = {"train": TrainStage, "prune": PruneStage, "activation_search": ActivationSearchStage}
 
 
 def _is_tag(loc: tuple, i: int) -> bool:

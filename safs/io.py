@@ -44,6 +44,10 @@ def torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda t: torch.save(obj, t))
 
 
+def write_parquet(path: Path, frame) -> None:
+    _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+
+
 def read_json(path: Path) -> Any | None:
     try:
         return json.loads(Path(path).read_text())

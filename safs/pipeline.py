@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safs.config import PipelineConfig, PruneStage, TrainStage
+from safs.config import ActivationSearchStage, PipelineConfig, PruneStage, TrainStage
 from safs.io import read_json
 
 HASH_VERSION = 1
 RECORD = "stage.json"
 MODEL = "model.pt"
 
-DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final"}
+DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final",
+                  "search": "Stage 1 search"}
+TRIALS = "trials.parquet"
+# Settings that change neither a stage's result nor its meaning: left out of its hash.
+_UNHASHED = {"name", "label", "space", "max_concurrent"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class StagePlan:
     hash: str
     dir: Path
     spec: dict[str, Any] = field(repr=False)  # everything a trial needs; JSON-serialisable
+    input_index: int | None = None  # the stage whose model.pt this stage starts from
 
     @property
     def record_path(self) -> Path:
@@ -44,7 +49,8 @@ class StagePlan:
 
     @property
     def epochs(self) -> int:
-        return self.spec["stage"].get("epochs", 0)
+        st = self.spec["stage"]
+        return st.get("epochs", st.get("epochs_per_candidate", 0))
 
 
 def _digest(payload: Any) -> str:
@@ -61,19 +67,31 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         "seed": cfg.seed,
     }
     upstream: Any = context
-    pruned = False
+    pruned: int | None = None  # index of the latest prune stage
     plans = []
     for i, st in enumerate(cfg.stages):
         settings = st.model_dump(mode="json", exclude={"name", "label"})
+        input_index = i - 1 if i > 0 else None
         if isinstance(st, PruneStage):
             settings["target"] = cfg.prune_target(st)
             uses_method = True
-            pruned = True
+            pruned = i
+        elif isinstance(st, ActivationSearchStage):
+            from safs.search.space import load_choices, resolve_space
+
+            settings["choices"] = load_choices(resolve_space(st.space))
+            uses_method = pruned is not None
+            if st.start_from == "pruned":
+                input_index = pruned
         else:
             assert isinstance(st, TrainStage)
-            uses_method = st.sparse if st.sparse is not None else pruned
+            uses_method = st.sparse if st.sparse is not None else pruned is not None
         sparsity = cfg.sparsity.model_dump(mode="json") if uses_method and cfg.sparsity else None
-        h = _digest({"v": HASH_VERSION, "settings": settings, "sparsity": sparsity, "upstream": upstream})
+        hashed = {k: v for k, v in settings.items() if k not in _UNHASHED}
+        payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
+        if input_index is not None and input_index != i - 1:  # starts from an earlier stage's model
+            payload["input"] = plans[input_index].hash
+        h = _digest(payload)
         label = st.label or DEFAULT_LABELS.get(st.name, st.name)
         spec = {
             "pipeline": cfg.name,
@@ -89,7 +107,8 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             "model": cfg.model.model_dump(mode="json"),
             "resources": cfg.resources.model_dump(mode="json"),
         }
-        plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec))
+        plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec,
+                               input_index))
         upstream = h
     return plans
 
@@ -126,6 +145,9 @@ def stage_status(stage: StagePlan) -> str:
         return f"failed ({rec.get('error', 'see stage.json')})"
     if stage.kind == "train":
         return f"partial (epoch {epochs_completed(stage)} of {stage.epochs})"
+    if stage.kind == "activation_search":
+        tried = sum(1 for _ in (stage.dir / "tune").glob("trial_*/result.json"))
+        return f"partial ({tried} candidates started)"
     return "partial"
 
 
@@ -148,38 +170,63 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
     write_text(run_dir / "pipeline.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     orchestrator.forward_sigterm()
     started_ray = False
-    previous: StagePlan | None = None
     for st in plans:
         tag = f"[{st.index + 1:02d}] {st.name:<12}"
         if is_done(st):
             echo(f"{tag} done (cached)  {_summary(read_record(st))}")
-            previous = st
             continue
         if not started_ray:
             orchestrator.ensure_ray(address, num_cpus, verbose)
             started_ray = True
-        spec = dict(st.spec, input=str(previous.model_path.resolve()) if previous else None)
+        source = plans[st.input_index] if st.input_index is not None else None
+        spec = dict(st.spec, input=str(source.model_path.resolve()) if source else None)
         record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
                   "settings": st.spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
         previous_record = read_record(st) or {}
         record["attempts"] = int(previous_record.get("attempts", 0)) + 1
         write_json(st.record_path, record)
         try:
-            result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
+            if st.kind == "activation_search":
+                rec = _run_search(st, spec, record, quiet)
+            else:
+                result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
+                rec = _complete(st, spec, record, result.checkpoint, result.metrics.get("trial_id", ""), wall)
         except orchestrator.StageFailed as e:
             write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
             raise
         except orchestrator.StageInterrupted as e:
             write_json(st.record_path, {**record, "status": "interrupted", "error": str(e)})
             raise
-        rec = _complete(st, spec, record, result, wall)
-        echo(f"{tag} done in {wall:.1f}s  {_summary(rec)}")
-        previous = st
+        echo(f"{tag} done in {rec['wall_s']:.1f}s  {_summary(rec)}")
     return plans
 
 
-def _complete(st: StagePlan, spec: dict, record: dict, result, wall: float) -> dict:
-    """Copy the stage's model out of its last checkpoint and write ``stage.json`` (last, atomically)."""
+def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
+    """Run the search, write ``trials.parquet``, keep the best candidate as the stage's model."""
+    from safs import orchestrator
+    from safs.io import write_parquet
+    from safs.search.space import genome_space
+    from safs.search.trials import best_trial, trials_frame
+    from safs.stages.common import load_model
+
+    model, _ = load_model(spec["input"])
+    space = genome_space(model, spec["stage"]["choices"])
+    grid, wall = orchestrator.run_search_stage(st, spec, space, quiet=quiet)
+    trials = trials_frame(grid, spec["stage"]["epochs_per_candidate"])
+    write_parquet(st.dir / TRIALS, trials)
+    best = best_trial(grid)
+    if best is None:
+        raise orchestrator.StageFailed(f"stage '{st.name}' failed: no candidate finished "
+                                       f"({len(trials)} tried; see {st.dir / TRIALS})")
+    search = {"algorithm": spec["stage"]["algorithm"], "candidates": len(trials),
+              "by_status": trials["status"].value_counts().to_dict(),
+              "epochs_spent": int(trials["epochs"].sum()), "best_genome": best.config["candidate"]["genome"],
+              "best_score": best.metrics["score"], "slots": list(space.slots)}
+    return _complete(st, spec, {**record, "search": search}, best.checkpoint, best.metrics.get("trial_id", ""), wall)
+
+
+def _complete(st: StagePlan, spec: dict, record: dict, checkpoint, trial_id: str, wall: float) -> dict:
+    """Copy the stage's model out of ``checkpoint`` and write ``stage.json`` (last, atomically)."""
     import platform
     import time
 
@@ -192,12 +239,12 @@ def _complete(st: StagePlan, spec: dict, record: dict, result, wall: float) -> d
     from safs.stages.common import load_model
     from safs.training.measure import measure
 
-    with result.checkpoint.as_directory() as d:
+    with checkpoint.as_directory() as d:
         copy_file(Path(d) / MODEL, st.model_path)
         history = json.loads((Path(d) / "history.json").read_text())
     model, blob = load_model(st.model_path)
     m = measure(model, tuple(blob["model"]["input_shape"]))
-    row = make_row(spec, history, m, wall_s=wall, trial_id=result.metrics.get("trial_id", ""), status="done")
+    row = make_row(spec, history, m, wall_s=wall, trial_id=trial_id, status="done")
     rec = {
         **record,
         "status": "done",
@@ -205,6 +252,7 @@ def _complete(st: StagePlan, spec: dict, record: dict, result, wall: float) -> d
         "wall_s": wall,
         "resumed_from_epoch": max((h.get("start_epoch", 0) for h in history), default=0),
         "history": history,
+        "genome": blob["genome"],
         "measurement": m.as_dict(),
         "row": row,
         "model_sha256": sha256(st.model_path),

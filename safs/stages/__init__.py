@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-STAGE_MODULES = {"train": "safs.stages.train", "prune": "safs.stages.prune"}
+STAGE_MODULES = {
+    "train": "safs.stages.train",
+    "prune": "safs.stages.prune",
+    "activation_search": "safs.stages.activation_search",
+}
 
 
 def trainable(config: dict) -> None:
@@ -13,4 +17,6 @@ def trainable(config: dict) -> None:
 
     threads_from_resources()
     spec = config["spec"]
-    importlib.import_module(STAGE_MODULES[spec["kind"]]).run_trial(spec)
+    # Search stages add the searcher's suggestion (e.g. ``candidate``) next to the spec.
+    params = {k: v for k, v in config.items() if k != "spec"}
+    importlib.import_module(STAGE_MODULES[spec["kind"]]).run_trial(spec, **params)

@@ -18,9 +18,6 @@ from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
 
 
 def run_trial(spec: dict) -> None:
-    from safs.data import Batches
-    from safs.sparsity import create_method
-
     st = spec["stage"]
     device = common.trial_device(spec)
     ds = common.dataset(spec, device)
@@ -28,6 +25,23 @@ def run_trial(spec: dict) -> None:
         model, _ = common.load_model(spec["input"])
     else:
         model = common.new_model(spec, ds)
+    fit(spec, model, st, st["epochs"])
+
+
+def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best: bool = False,
+        extra: dict | None = None) -> None:
+    """Train ``model`` for ``epochs`` with the settings ``st``, one Tune report (and checkpoint)
+    per epoch; the last checkpoint also holds the finalized ``model.pt`` and ``history.json``.
+
+    ``keep_best``: ``model.pt`` holds the weights of the best-validation epoch instead of the
+    last (search candidates are scored by their best epoch). ``extra``: constant metrics added
+    to every report. Every report carries ``score``, the best validation accuracy so far.
+    """
+    from safs.data import Batches
+    from safs.sparsity import create_method
+
+    device = common.trial_device(spec)
+    ds = common.dataset(spec, device)
     model = common.prepare_for_device(model, device)
     method = None
     if spec["sparsity"] is not None:
@@ -39,9 +53,9 @@ def run_trial(spec: dict) -> None:
     if method is not None:
         groups = method.param_groups(model, groups)
     optimizer = make_optimizer(groups, _optimizer_cfg(st))
-    scheduler = make_scheduler(optimizer, _schedule_cfg(st), st["epochs"])
+    scheduler = make_scheduler(optimizer, _schedule_cfg(st), epochs)
 
-    start, history = 0, []
+    start, history, best_state = 0, [], None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -52,7 +66,7 @@ def run_trial(spec: dict) -> None:
         if method is not None:
             method.load_state_dict(state["method"])
             method.attach(model)  # re-derive per-step caches from the restored masks
-        start, history = state["epoch"], state["history"]
+        start, history, best_state = state["epoch"], state["history"], state.get("best")
 
     seed = spec["seed"] * 1000 + spec["index"]  # distinct data order per stage, fixed per seed
     train_batches = Batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
@@ -61,7 +75,7 @@ def run_trial(spec: dict) -> None:
     autocast = lambda: autocast_for(device)  # noqa: E731
     meta = common.model_meta(spec, ds)
 
-    for epoch in range(start, st["epochs"]):
+    for epoch in range(start, epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         if method is not None:
@@ -73,15 +87,23 @@ def run_trial(spec: dict) -> None:
         step_scheduler(scheduler, train_loss)
         val_loss, val_acc = evaluate(model, val_batches.epoch(0), autocast=autocast)
         _, test_acc = evaluate(model, test_batches.epoch(0), autocast=autocast)
-        metrics = {"epoch": epoch + 1, "epochs": st["epochs"], "start_epoch": start, "lr": lr,
+        improved = not history or val_acc > max(h["val_acc"] for h in history)
+        metrics = {**(extra or {}), "epoch": epoch + 1, "epochs": epochs, "start_epoch": start, "lr": lr,
                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "test_acc": test_acc, "epoch_s": time.perf_counter() - t0}
+                   "val_acc": val_acc, "test_acc": test_acc,
+                   "score": max([val_acc] + [h["val_acc"] for h in history]),
+                   "epoch_s": time.perf_counter() - t0}
         history.append(metrics)
+        if keep_best and improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with common.checkpoint_dir() as d:
             torch.save({"epoch": epoch + 1, "history": history, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "method": method.state_dict() if method is not None else {}}, d / "state.pt")
-            if epoch + 1 == st["epochs"]:
+                        "method": method.state_dict() if method is not None else {},
+                        "best": best_state if keep_best else None}, d / "state.pt")
+            if epoch + 1 == epochs:
+                if keep_best and best_state is not None:
+                    model.load_state_dict(best_state)
                 final = method.finalize(model) if method is not None else model
                 common.save_model(d / "model.pt", final, meta, spec["sparsity"] and spec["sparsity"]["method"])
                 common.write_history(d, history)

@@ -1,0 +1,78 @@
+"""Activation search spaces: candidate-operator files and the per-model genome space.
+
+A space file (``search_spaces/activations/*.yaml``) is a ConfigSpace YAML serialisation
+holding one categorical hyperparameter, ``operator``, whose choices are the candidate
+operators. It is model-independent: :func:`genome_space` expands it to one gene per
+activation slot of a concrete model, so one file serves every model in the registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safs.search.base import GenomeSpace
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "activations"
+PARAMETER = "operator"
+
+
+def list_spaces() -> list[str]:
+    """Names of the built-in activation spaces."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_space(name_or_path: str, base_dir: Path | None = None) -> Path:
+    """A built-in space name (``safs13``) or a YAML path (relative to ``base_dir``)."""
+    if name_or_path in list_spaces():
+        return SPACES_DIR / f"{name_or_path}.yaml"
+    p = Path(name_or_path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p.resolve()
+    raise ValueError(f"unknown activation space '{name_or_path}'; accepted: {', '.join(list_spaces())}, "
+                     "or the path of a ConfigSpace YAML file")
+
+
+def load_choices(path: str | Path) -> list[str]:
+    """The candidate operators of a space file, validated against the operator registry."""
+    import ConfigSpace as CS
+
+    from safs.activations import list_operators
+
+    try:
+        cs = CS.ConfigurationSpace.from_yaml(Path(path))
+    except Exception as e:  # ConfigSpace raises assorted errors for malformed files
+        raise ValueError(f"{Path(path).name}: not a ConfigSpace YAML file ({type(e).__name__}: {e})") from None
+    hp = cs.get(PARAMETER)
+    if hp is None or not isinstance(hp, CS.CategoricalHyperparameter):
+        raise ValueError(f"{Path(path).name}: needs one categorical hyperparameter named '{PARAMETER}'")
+    choices = [str(c) for c in hp.choices]
+    unknown = [c for c in choices if c not in list_operators()]
+    if unknown:
+        raise ValueError(f"{Path(path).name}: unknown operator(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(list_operators())}")
+    return choices
+
+
+def genome_space(model, choices: list[str]) -> GenomeSpace:
+    """One gene per activation slot of ``model``; the baseline is the slots' current operator."""
+    from safs.activations import genome
+
+    current = genome(model)
+    if not current:
+        raise ValueError("the model has no activation slots to search")
+    ops = set(current.values())
+    return GenomeSpace(slots=tuple(current), choices=tuple(choices),
+                       baseline=next(iter(ops)) if len(ops) == 1 else None)
+
+
+def to_configspace(space: GenomeSpace, seed: int | None = None):
+    """The per-model space as a ConfigSpace (one categorical per slot), e.g. to save next to results."""
+    import ConfigSpace as CS
+
+    cs = CS.ConfigurationSpace(seed=seed)
+    for slot in space.slots:
+        default = space.baseline if space.baseline in space.choices else space.choices[0]
+        cs.add(CS.Categorical(slot, list(space.choices), default=default))
+    return cs

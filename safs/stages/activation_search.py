@@ -1,0 +1,32 @@
+"""One candidate of the ``activation_search`` stage (Stage 1 of SAFS).
+
+A candidate is a genome (slot -> operator). It starts from the stage's input model (masks
+included), gets the genome's operators, and fine-tunes ``epochs_per_candidate`` epochs with
+the sparse method attached, so pruned weights stay zero. Its score is the best validation
+accuracy over its epochs (as in the original); ``model.pt`` holds that epoch's weights.
+
+A candidate whose loss diverges reports a failure and ends normally: retrying a
+deterministic divergence would only burn epochs, and the search goes on either way.
+"""
+
+from __future__ import annotations
+
+from ray import tune
+
+from safs.stages import common
+from safs.stages.train import fit
+from safs.training.loop import Diverged
+
+
+def run_trial(spec: dict, candidate: dict) -> None:
+    from safs.activations import apply_genome, set_scales_trainable
+
+    st = spec["stage"]
+    model, _ = common.load_model(spec["input"])
+    apply_genome(model, candidate["genome"])
+    set_scales_trainable(model, st["scales_trainable"])
+    try:
+        fit(spec, model, st, st["epochs_per_candidate"], keep_best=True, extra={"token": candidate["token"]})
+    except Diverged as e:
+        tune.report({"token": candidate["token"], "epoch": st["epochs_per_candidate"], "score": float("nan"),
+                     "failed": str(e)})
