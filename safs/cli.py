@@ -161,11 +161,11 @@ def status(target: Path, results: Path):
         _fail(str(e))
     click.echo(f"pipeline {cfg.name} ({root / cfg.name})")
     for st in pl.plan(cfg, root):
-        click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<6} {st.hash}  {pl.stage_status(st)}")
+        click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {pl.stage_status(st)}")
 
 
 @main.command("list")
-@click.argument("what", type=click.Choice(["models", "datasets", "methods", "activations"]))
+@click.argument("what", type=click.Choice(["models", "datasets", "methods", "activations", "algorithms", "spaces"]))
 def list_(what: str):
     """List what the registries hold."""
     if what == "models":
@@ -184,6 +184,19 @@ def list_(what: str):
 
         for n in list_methods():
             click.echo(f"{n:<14} {method_info(n)}")
+    elif what == "algorithms":
+        from safs.search import list_optimizers, optimizer_class, optimizer_options
+
+        for n in list_optimizers():
+            doc = (optimizer_class(n).__doc__ or "").strip().splitlines()[0]
+            opts = ", ".join(f"{k}={v!r}" for k, v in optimizer_options(n).items())
+            click.echo(f"{n:<7} {doc}\n        options: {opts}")
+    elif what == "spaces":
+        from safs.search.space import SPACES_DIR, list_spaces, load_choices
+
+        for n in list_spaces():
+            choices = load_choices(SPACES_DIR / f"{n}.yaml")
+            click.echo(f"{n:<8} {len(choices)} operators: {', '.join(choices)}")
     else:
         from safs.activations import list_operators
 

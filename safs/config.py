@@ -159,6 +159,7 @@ class ActivationSearchStage(TrainingSettings):
     scales_trainable: bool = False  # alpha, beta of every slot (frozen in the original's stage 1)
     max_concurrent: int | None = Field(default=None, ge=1)  # default: resources.max_concurrent_trials
     fidelity: FidelityConfig | None = None
+    seed: int | None = None  # the search's own seed (repeat a search on the same prefix); default: the pipeline's
 
     @field_validator("algorithm")
     @classmethod

@@ -173,7 +173,8 @@ def run_search_stage(stage: StagePlan, spec: dict, space, quiet: bool = False):
     fn = _trainable(spec)
     tuner = _restore(stage, fn)
     if tuner is None:
-        optimizer = create_optimizer(st["algorithm"], space, seed=spec["seed"], options=st["options"])
+        seed = spec["seed"] if st["seed"] is None else st["seed"]
+        optimizer = create_optimizer(st["algorithm"], space, seed=seed, options=st["options"])
         parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
         if optimizer.max_parallel() is not None:
             parallel = min(parallel, optimizer.max_parallel())

@@ -25,6 +25,10 @@ stages:
   - {name: retrain, kind: train, epochs: 1}
 """
 
+SEARCH = """  - {name: search, kind: activation_search, algorithm: lahc, space: safs13, options: {}, start_from: input,
+     epochs_per_candidate: 2, fidelity: null}
+"""
+
 # (file text, a field path that the message must name, something else it must say)
 BAD = {
     "syntax": ("name: t\nstages: [\n", "line", "invalid YAML"),
@@ -46,6 +50,12 @@ BAD = {
     "duplicate_names": (GOOD.replace("name: retrain", "name: dense"), "stages[2].name", "unique"),
     "missing_data_dir": (GOOD.replace("{name: digits}", "{name: mnist, data_dir: nowhere}"), "data.data_dir", "train-images-idx3-ubyte"),
     "unknown_model_option": (GOOD.replace("{name: lenet5}", "{name: lenet5, options: {depth: 3}}"), "model.options", "depth"),
+    "unknown_algorithm": (GOOD + SEARCH.replace("lahc", "nope"), "stages[3].algorithm", "accepted: ga, lahc, random, sa"),
+    "unknown_algorithm_option": (GOOD + SEARCH.replace("{}", "{bogus: 1}"), "stages[3].options", "steps_minimum"),
+    "missing_space": (GOOD + SEARCH.replace("safs13", "missing.yaml"), "stages[3].space", "safs13, wide20"),
+    "start_from_pruned_without_prune": (GOOD.replace("  - {name: prune, kind: prune}\n", "") + SEARCH.replace("input", "pruned"),
+                                        "stages[2].start_from", "prune stage"),
+    "fidelity_above_budget": (GOOD + SEARCH.replace("fidelity: null", "fidelity: {min_epochs: 3}"), "stages[3].fidelity.min_epochs", "epochs_per_candidate"),
     "prune_target_shrinks": (GOOD.replace("- {name: retrain, kind: train, epochs: 1}", "- {name: retrain, kind: train, epochs: 1}\n  - {name: prune2, kind: prune, target: 0.5}"), "stages[3].target", "only grow"),
 }
 
@@ -136,3 +146,33 @@ def test_help_is_fast_and_light():
 def test_example_pipelines_validate():
     for f in sorted((ROOT / "experiments").glob("*.yaml")):
         load_pipeline(f)
+
+
+def test_search_stage_takes_training_defaults_and_hashes_choices(tmp_path):
+    text = GOOD + SEARCH + "defaults:\n  train: {batch_size: 64, epochs: 7, optimizer: {name: adam, lr: 0.002}}\n"
+    cfg = _cfg(text)
+    search = cfg.stages[3]
+    assert search.batch_size == 64 and search.optimizer.lr == 0.002  # training settings shared
+    assert search.epochs_per_candidate == 2  # train-only keys (epochs) are not
+    base = plan(cfg, tmp_path)
+    assert base[3].spec["stage"]["choices"][:3] == ["relu6", "hardswish", "swish"]
+    assert base[3].input_index == 2
+    # The space's content is hashed, not its name; concurrency is not hashed at all.
+    space = tmp_path / "same.yaml"
+    space.write_text((ROOT / "search_spaces/activations/safs13.yaml").read_text())
+    same = plan(_cfg(text.replace("safs13", str(space)).replace("fidelity: null", "fidelity: null, max_concurrent: 2")), tmp_path)
+    assert same[3].hash == base[3].hash
+    wider = plan(_cfg(text.replace("safs13", "wide20")), tmp_path)
+    assert wider[3].hash != base[3].hash and wider[2].hash == base[2].hash
+    pruned = plan(_cfg(text.replace("start_from: input", "start_from: pruned")), tmp_path)
+    assert pruned[3].input_index == 1 and pruned[3].hash != base[3].hash
+
+
+def test_relative_space_path_is_relative_to_the_pipeline(tmp_path):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "mine.yaml").write_text((ROOT / "search_spaces/activations/wide20.yaml").read_text())
+    f = tmp_path / "p.yaml"
+    f.write_text(GOOD + SEARCH.replace("safs13", "spaces/mine.yaml"))
+    r = CliRunner().invoke(main, ["run", str(f), "--results", str(tmp_path / "results"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "04-search-" in r.output

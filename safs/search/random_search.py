@@ -8,7 +8,7 @@ from safs.search.base import AskTellOptimizer, Genome, GenomeSpace
 
 
 class RandomSearch(AskTellOptimizer):
-    """``samples`` independent uniform genomes, all of which may train at once.
+    """True random search: ``samples`` independent uniform genomes, all of which may train at once.
 
     Proposals never depend on scores. A draw the memo already knows does not count as a
     sample and is redrawn, so ``samples`` is the number of distinct genomes trained (or the
