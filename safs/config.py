@@ -349,7 +349,9 @@ def _first_error(e: ValidationError) -> str:
     path = _fmt_loc(loc)
     if kind == "extra_forbidden":
         parent = _model_at(raw_loc[:-1])
-        accepted = f"; accepted keys: {', '.join(parent.model_fields)}" if parent else ""
+        # Identity keys first (stage classes inherit their training settings before them).
+        keys = sorted(parent.model_fields, key=lambda k: k not in ("kind", "name", "label")) if parent else []
+        accepted = f"; accepted keys: {', '.join(keys)}" if parent else ""
         return f"{path}: unknown key{accepted}"
     if kind == "missing":
         return f"{path}: required field is missing"
