@@ -206,23 +206,25 @@ def list_(what: str):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@click.option("--layout", type=click.Choice(["stages", "safs"]), default="stages", show_default=True,
+              help="stages: one column per stage label; safs: the SAFS paper's Dense | Magnitude Pruning | "
+                   "Stage 1 | Stage 2 | SAFS (+Δ) table, mean ± std over seeds.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write to a file instead of stdout.")
-def table(paths, fmt: str, out: Path | None):
-    """Results table from run directories: test accuracy per stage and achieved sparsity."""
+def table(paths, fmt: str, layout: str, out: Path | None):
+    """Results table from run directories (test accuracy % at the best-validation epoch)."""
     from safs.report.rows import load_results
-    from safs.report.tables import render, stages_table
+    from safs.report.tables import LAYOUTS, render
 
     df = load_results(*paths)
     if df.empty:
         _fail(f"no finished stages under {', '.join(map(str, paths))}")
-    text = render(stages_table(df), fmt)
+    text = render(LAYOUTS[layout](df), fmt)
     if out:
         from safs.io import write_text
 
         write_text(out, text if text.endswith("\n") else text + "\n")
     else:
         click.echo(text)
-
 
 if __name__ == "__main__":
     main()

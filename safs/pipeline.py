@@ -212,7 +212,7 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     model, _ = load_model(spec["input"])
     space = genome_space(model, spec["stage"]["choices"])
     grid, wall = orchestrator.run_search_stage(st, spec, space, quiet=quiet)
-    trials = trials_frame(grid, spec["stage"]["epochs_per_candidate"])
+    trials = trials_frame(grid)
     write_parquet(st.dir / TRIALS, trials)
     best = best_trial(grid)
     if best is None:

@@ -29,6 +29,48 @@ def stages_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+SAFS_COLUMNS = ["Dense", "Magnitude Pruning", "Stage 1", "Stage 2", "SAFS"]
+
+
+def safs_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The SAFS paper's table: one row per model/dataset/target sparsity; columns Dense |
+    Magnitude Pruning | Stage 1 | Stage 2 | SAFS, matched by stage label; test accuracy (%)
+    at the best-validation epoch, mean ± std over seeds when there are several; SAFS also
+    shows its gain over Magnitude Pruning in points. Missing stages are left empty."""
+    if df.empty:
+        return pd.DataFrame(columns=["model", "dataset", "target %", *SAFS_COLUMNS])
+    df = df.copy()
+    # A pipeline's dense stage belongs to the row of the sparsity the pipeline prunes to.
+    df["target_sparsity"] = df.groupby("pipeline")["target_sparsity"].transform("max")
+    df = df[df["label"].isin(SAFS_COLUMNS)]
+    df["acc"] = df["test_acc"] * 100
+    # One value per seed and column (a re-run stage of the same seed replaces the earlier one).
+    df = df.sort_values("stage_index").groupby(["model", "dataset", "target_sparsity", "label", "seed"],
+                                               as_index=False)["acc"].last()
+    rows = []
+    for (model, dataset, target), g in df.groupby(["model", "dataset", "target_sparsity"], sort=False):
+        row = {"model": model, "dataset": dataset, "target %": round(target * 100, 2)}
+        stats = {lab: g.loc[g["label"] == lab, "acc"] for lab in SAFS_COLUMNS}
+        for lab, v in stats.items():
+            row[lab] = _mean_std(v, digits)
+        if len(stats["SAFS"]) and len(stats["Magnitude Pruning"]):
+            delta = stats["SAFS"].mean() - stats["Magnitude Pruning"].mean()
+            row["SAFS"] += f" ({delta:+.{digits}f})"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "dataset", "target %", *SAFS_COLUMNS])
+
+
+def _mean_std(values: pd.Series, digits: int) -> str:
+    if values.empty:
+        return ""
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+LAYOUTS = {"stages": stages_table, "safs": safs_table}
+
+
 def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return table.to_csv(index=False)

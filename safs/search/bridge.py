@@ -1,7 +1,8 @@
 """The one Ray Tune ``Searcher`` for every ask/tell optimizer.
 
 Tune asks for a trial config with ``suggest(trial_id)``; the optimizer answers with
-``(token, genome)``. The bridge remembers which Tune trial carries which token, forwards
+``(token, genome)`` (or ``(token, configuration)`` for an HPO backend, whose ``payload``
+attribute is ``"config"``); the trial sees ``config["candidate"]``. The bridge remembers which Tune trial carries which token, forwards
 each finished trial's score with ``tell``, and limits how many candidates run at once.
 
 Rules that keep a search alive and resumable (Ray 2.60 behaviour):
@@ -63,9 +64,10 @@ class AskTellSearcher(Searcher):
                 self.finished = True
                 return Searcher.FINISHED
             return None
-        token, genome = out
+        token, value = out
         self.live[trial_id] = token
-        return {"candidate": {"token": token, "genome": dict(genome)}}
+        # Genome optimizers propose a genome, HPO backends a configuration.
+        return {"candidate": {"token": token, getattr(self.optimizer, "payload", "genome"): dict(value)}}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         token = self.live.pop(trial_id, None)
@@ -115,7 +117,7 @@ class AskTellSearcher(Searcher):
 
 def _best_json(optimizer: AskTellOptimizer) -> dict | None:
     best = optimizer.best()
-    return None if best is None else {"genome": dict(best[0]), "score": best[1]}
+    return None if best is None else {getattr(optimizer, "payload", "genome"): dict(best[0]), "score": best[1]}
 
 
 def read_saved_state(experiment_dir: Path) -> dict | None:

@@ -1,7 +1,7 @@
 """A search stage's trials as a table (``trials.parquet``) and the choice of its best trial.
 
 One row per candidate the searcher handed to Tune, in ask order: token, Tune trial id,
-genome (JSON), status (``done``; ``stopped`` early by successive halving; ``failed``),
+genome (activation search) or config (HPO) as JSON, status (``done``; ``stopped`` early by successive halving; ``failed``),
 epochs trained, validation accuracy per epoch, score (best validation accuracy), the test
 accuracy at that epoch, wall seconds and the error, if any.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-TRIAL_COLUMNS = ["token", "trial_id", "genome", "status", "epochs", "val_acc_per_epoch", "score", "best_epoch",
+TRIAL_COLUMNS = ["token", "trial_id", "genome", "config", "status", "epochs", "val_acc_per_epoch", "score", "best_epoch",
                  "test_acc", "wall_s", "error"]
 
 
@@ -44,7 +44,8 @@ def trial_row(result, epochs_per_candidate: int) -> dict:
     return {
         "token": cand.get("token"),
         "trial_id": metrics.get("trial_id") or result.path.rsplit("trial_", 1)[-1],
-        "genome": json.dumps(cand.get("genome", {})),
+        "genome": json.dumps(cand["genome"]) if "genome" in cand else None,
+        "config": json.dumps(cand["config"]) if "config" in cand else None,
         "status": status,
         "epochs": len(epochs),
         "val_acc_per_epoch": [float(e["val_acc"]) for e in epochs],
@@ -56,10 +57,17 @@ def trial_row(result, epochs_per_candidate: int) -> dict:
     }
 
 
-def trials_frame(grid, epochs_per_candidate: int):
+def candidate_epochs(stage: dict, candidate: dict) -> int:
+    """Epochs a candidate is meant to train: its budget (multi-fidelity HPO) or the stage's."""
+    if "budget" in candidate.get("config", {}):
+        return max(1, round(candidate["config"]["budget"]))
+    return stage.get("epochs_per_candidate") or stage["epochs_per_trial"]
+
+
+def trials_frame(grid):
     import pandas as pd
 
-    rows = [trial_row(r, epochs_per_candidate) for r in grid]
+    rows = [trial_row(r, candidate_epochs(r.config["spec"]["stage"], r.config.get("candidate", {}))) for r in grid]
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS).sort_values("token", kind="stable").reset_index(drop=True)
 
 
@@ -68,7 +76,7 @@ def best_trial(grid):
     the earliest candidate. ``None`` when no candidate finished."""
     best, key = None, None
     for r in grid:
-        row = trial_row(r, r.config["spec"]["stage"]["epochs_per_candidate"])
+        row = trial_row(r, candidate_epochs(r.config["spec"]["stage"], r.config.get("candidate", {})))
         if row["status"] != "done" or r.checkpoint is None:
             continue
         k = (row["score"], -row["token"])

@@ -1,0 +1,54 @@
+"""Table layouts from results rows (no runs: rows are built by hand in the documented schema)."""
+
+import pandas as pd
+import pytest
+
+from safs.report.rows import ROW_COLUMNS
+from safs.report.tables import safs_table, stages_table
+
+
+def rows(pipeline, seed, accs, model="lenet5", dataset="mnist5k", target=0.99):
+    out = []
+    for i, (label, acc) in enumerate(accs.items()):
+        out.append({c: None for c in ROW_COLUMNS} | {
+            "pipeline": pipeline, "stage": label.lower(), "stage_index": i, "label": label, "model": model,
+            "dataset": dataset, "target_sparsity": 0.0 if label == "Dense" else target, "test_acc": acc,
+            "seed": seed, "achieved_sparsity": 0.0 if label == "Dense" else target, "method": "lwm"})
+    return out
+
+
+def frame(*groups):
+    return pd.DataFrame([r for g in groups for r in g], columns=ROW_COLUMNS)
+
+
+ACCS = {"Dense": 0.98, "Pruned": 0.1, "Magnitude Pruning": 0.40, "Stage 1": 0.50, "Stage 2": 0.52, "SAFS": 0.56}
+
+
+def test_safs_layout_one_seed_with_gain():
+    t = safs_table(frame(rows("a", 0, ACCS)))
+    assert list(t.columns) == ["model", "dataset", "target %", "Dense", "Magnitude Pruning", "Stage 1", "Stage 2", "SAFS"]
+    [r] = t.to_dict("records")
+    assert r["target %"] == 99.0 and r["Dense"] == "98.00" and r["Magnitude Pruning"] == "40.00"
+    assert r["SAFS"] == "56.00 (+16.00)"
+
+
+def test_safs_layout_mean_std_over_seeds_and_rows_per_sparsity():
+    other = dict(ACCS, **{"Magnitude Pruning": 0.44, "SAFS": 0.60})
+    t = safs_table(frame(rows("a", 0, ACCS), rows("b", 1, other), rows("c", 0, ACCS, target=0.9)))
+    assert len(t) == 2
+    r99 = t[t["target %"] == 99.0].iloc[0]
+    assert r99["Magnitude Pruning"] == "42.00 ± 2.83"  # std over seeds, ddof=1
+    assert r99["SAFS"] == "58.00 ± 2.83 (+16.00)"
+    assert r99["Dense"] == "98.00 ± 0.00"
+
+
+def test_safs_layout_leaves_missing_columns_empty():
+    t = safs_table(frame(rows("a", 0, {"Dense": 0.9, "Magnitude Pruning": 0.3})))
+    r = t.iloc[0]
+    assert r["Stage 1"] == "" and r["SAFS"] == ""
+
+
+def test_stages_layout_has_one_column_per_label_in_stage_order():
+    t = stages_table(frame(rows("a", 0, ACCS)))
+    assert list(t.columns)[-6:] == list(ACCS)
+    assert t.iloc[0]["SAFS"] == pytest.approx(56.0)
