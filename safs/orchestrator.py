@@ -161,25 +161,24 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
     return result, time.time() - t0
 
 
-def run_search_stage(stage: StagePlan, spec: dict, space, quiet: bool = False):
+def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool = False):
     """Run (or restore) a search stage: a Tune experiment whose trials an ask/tell optimizer
-    proposes through :class:`safs.search.bridge.AskTellSearcher`. Returns (ResultGrid, wall s)."""
+    (``make_optimizer()``, called only for a fresh start) proposes through
+    :class:`safs.search.bridge.AskTellSearcher`. Returns (ResultGrid, wall seconds)."""
     from ray import tune
 
-    from safs.search import create_optimizer
     from safs.search.bridge import AskTellSearcher, read_saved_state
 
     st = spec["stage"]
     fn = _trainable(spec)
     tuner = _restore(stage, fn)
     if tuner is None:
-        seed = spec["seed"] if st["seed"] is None else st["seed"]
-        optimizer = create_optimizer(st["algorithm"], space, seed=seed, options=st["options"])
+        optimizer = make_optimizer()
         parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
         if optimizer.max_parallel() is not None:
             parallel = min(parallel, optimizer.max_parallel())
         scheduler = None
-        if st["fidelity"]:
+        if st.get("fidelity"):
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(time_attr="epoch", max_t=st["epochs_per_candidate"],

@@ -24,6 +24,7 @@ MODEL = "model.pt"
 DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final",
                   "search": "Stage 1 search"}
 TRIALS = "trials.parquet"
+SEARCH_KINDS = ("activation_search", "hpo")  # stages whose trials a searcher proposes
 # Settings that change neither a stage's result nor its meaning: left out of its hash.
 _UNHASHED = {"name", "label", "space", "max_concurrent"}
 
@@ -186,7 +187,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
         record["attempts"] = int(previous_record.get("attempts", 0)) + 1
         write_json(st.record_path, record)
         try:
-            if st.kind == "activation_search":
+            if st.kind in SEARCH_KINDS:
                 rec = _run_search(st, spec, record, quiet)
             else:
                 result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
@@ -205,24 +206,51 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     """Run the search, write ``trials.parquet``, keep the best candidate as the stage's model."""
     from safs import orchestrator
     from safs.io import write_parquet
-    from safs.search.space import genome_space
     from safs.search.trials import best_trial, trials_frame
-    from safs.stages.common import load_model
 
-    model, _ = load_model(spec["input"])
-    space = genome_space(model, spec["stage"]["choices"])
-    grid, wall = orchestrator.run_search_stage(st, spec, space, quiet=quiet)
+    grid, wall = orchestrator.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
     trials = trials_frame(grid)
     write_parquet(st.dir / TRIALS, trials)
     best = best_trial(grid)
     if best is None:
         raise orchestrator.StageFailed(f"stage '{st.name}' failed: no candidate finished "
                                        f"({len(trials)} tried; see {st.dir / TRIALS})")
-    search = {"algorithm": spec["stage"]["algorithm"], "candidates": len(trials),
+    stage = spec["stage"]
+    search = {"algorithm": stage.get("algorithm") or stage.get("backend"), "candidates": len(trials),
               "by_status": trials["status"].value_counts().to_dict(),
-              "epochs_spent": int(trials["epochs"].sum()), "best_genome": best.config["candidate"]["genome"],
-              "best_score": best.metrics["score"], "slots": list(space.slots)}
+              "epochs_spent": int(trials["epochs"].sum()), "best_score": best.metrics["score"]}
+    candidate = best.config["candidate"]
+    if "genome" in candidate:
+        search["best_genome"] = candidate["genome"]
+    else:
+        from safs.stages.hpo import trial_settings
+
+        search["incumbent"] = candidate["config"]
+        search["incumbent_settings"] = trial_settings(stage, candidate["config"])
     return _complete(st, spec, {**record, "search": search}, best.checkpoint, best.metrics.get("trial_id", ""), wall)
+
+
+def _optimizer(spec: dict):
+    """The stage's ask/tell optimizer: a genome search or an HPO backend (driver side)."""
+    st = spec["stage"]
+    seed = spec["seed"] if st.get("seed") is None else st["seed"]
+    if spec["kind"] == "activation_search":
+        from safs.search import create_optimizer
+        from safs.search.space import genome_space
+        from safs.stages.common import load_model
+
+        model, _ = load_model(spec["input"])
+        return create_optimizer(st["algorithm"], genome_space(model, st["choices"]), seed=seed, options=st["options"])
+    from safs.config import TrainingSettings
+    from safs.search.hpo_backends import create_backend
+    from safs.search.hpo_space import load_space, resolve_space, with_defaults
+
+    cs = with_defaults(load_space(resolve_space(st["space"])), {k: st[k] for k in TrainingSettings.model_fields})
+    options = dict(st["options"], n_trials=st["trials"])
+    if options.get("facade") == "multi_fidelity":
+        options.setdefault("max_budget", float(st["epochs_per_trial"]))
+        options.setdefault("min_budget", 1.0)
+    return create_backend(st["backend"], cs, seed, options)
 
 
 def _complete(st: StagePlan, spec: dict, record: dict, checkpoint, trial_id: str, wall: float) -> dict:

@@ -4,18 +4,12 @@ A candidate is a genome (slot -> operator). It starts from the stage's input mod
 included), gets the genome's operators, and fine-tunes ``epochs_per_candidate`` epochs with
 the sparse method attached, so pruned weights stay zero. Its score is the best validation
 accuracy over its epochs (as in the original); ``model.pt`` holds that epoch's weights.
-
-A candidate whose loss diverges reports a failure and ends normally: retrying a
-deterministic divergence would only burn epochs, and the search goes on either way.
 """
 
 from __future__ import annotations
 
-from ray import tune
-
 from safs.stages import common
-from safs.stages.train import fit
-from safs.training.loop import Diverged
+from safs.stages.train import fit_candidate
 
 
 def run_trial(spec: dict, candidate: dict) -> None:
@@ -25,8 +19,4 @@ def run_trial(spec: dict, candidate: dict) -> None:
     model, _ = common.load_model(spec["input"])
     apply_genome(model, candidate["genome"])
     set_scales_trainable(model, st["scales_trainable"])
-    try:
-        fit(spec, model, st, st["epochs_per_candidate"], keep_best=True, extra={"token": candidate["token"]})
-    except Diverged as e:
-        tune.report({"token": candidate["token"], "epoch": st["epochs_per_candidate"], "score": float("nan"),
-                     "failed": str(e)})
+    fit_candidate(spec, model, st, st["epochs_per_candidate"], candidate["token"])

@@ -13,7 +13,7 @@ import torch
 from ray import tune
 
 from safs.stages import common
-from safs.training.loop import autocast_for, evaluate, train_epoch
+from safs.training.loop import Diverged, autocast_for, evaluate, train_epoch
 from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
 
 
@@ -49,7 +49,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
         method = create_method(sp["method"], sp["target"], sp["options"])
         model = method.attach(model)
 
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups = _param_groups(model, st)
     if method is not None:
         groups = method.param_groups(model, groups)
     optimizer = make_optimizer(groups, _optimizer_cfg(st))
@@ -108,6 +108,32 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
                 common.save_model(d / "model.pt", final, meta, spec["sparsity"] and spec["sparsity"]["method"])
                 common.write_history(d, history)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+
+
+def fit_candidate(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int) -> None:
+    """``fit`` for one search/HPO candidate: scored by its best epoch, whose weights it keeps.
+
+    A candidate whose loss diverges reports a failure and ends normally: retrying a
+    deterministic divergence would only burn epochs, and the search goes on either way.
+    """
+    try:
+        fit(spec, model, st, epochs, keep_best=True, extra={"token": token})
+    except Diverged as e:
+        tune.report({"token": token, "epoch": epochs, "score": float("nan"), "failed": str(e)})
+
+
+def _param_groups(model: torch.nn.Module, st: dict) -> list[dict]:
+    """Trainable parameters; the activation slots' α, β (when trainable) in their own group,
+    without weight decay unless ``scales_weight_decay`` says otherwise."""
+    from safs.activations import slots
+
+    scale_ids = {id(p) for s in slots(model).values() for p in (s.alpha, s.beta)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in scale_ids]}]
+    scales = [p for p in params if id(p) in scale_ids]
+    if scales:
+        groups.append({"params": scales, "weight_decay": st.get("scales_weight_decay") or 0.0})
+    return groups
 
 
 def _optimizer_cfg(st: dict):
