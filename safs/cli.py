@@ -53,18 +53,22 @@ def _preflight(cfg, path: Path):
 def _resolve_spaces(cfg, path: Path):
     """Search-space files named by path are relative to the pipeline file; each must load."""
     from safs.config import ConfigError
-    from safs.search.space import list_spaces, load_choices, resolve_space
+    from safs.search import hpo_space, space
 
     stages = list(cfg.stages)
     for i, st in enumerate(stages):
-        if st.kind != "activation_search":
+        if st.kind not in ("activation_search", "hpo"):
             continue
+        module = space if st.kind == "activation_search" else hpo_space
         try:
-            resolved = resolve_space(st.space, path.parent)
-            load_choices(resolved)
+            resolved = module.resolve_space(st.space, path.parent)
+            if st.kind == "hpo":
+                hpo_space.load_space(resolved, st.space_options or None)
+            else:
+                space.load_choices(resolved)
         except ValueError as e:
             raise ConfigError(f"{path.name}: stages[{i}].space: {e}") from None
-        if st.space not in list_spaces():
+        if st.space not in module.list_spaces():
             stages[i] = st.model_copy(update={"space": str(resolved)})
     return cfg.model_copy(update={"stages": stages})
 

@@ -144,13 +144,21 @@ class TrainingSettings(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: bool | None = None  # None: the dataset's default augmentation
+    # Each activation slot's α, β: frozen (the original's dense, retrain and Stage 1) or
+    # learned (its Stage 2), in their own parameter group with this weight decay.
+    scales_trainable: bool = False
+    scales_weight_decay: float = Field(default=0.0, ge=0)
 
 
 class TrainStage(TrainingSettings):
     kind: Literal["train"]
     name: str
     label: str | None = None  # column title in tables; default derived from the name
+    input: str | None = None  # the stage whose model this one starts from; default: the one before
     epochs: int = Field(ge=1)
+    # Train with the best configuration an hpo stage found (its optimizer, schedule, α/β
+    # settings, ...) instead of this stage's own training settings; epochs stay this stage's.
+    settings_from: str | None = None
     # Whether the sparse method's training hooks run in this stage. None: only after a prune
     # stage (keeps masks fixed while retraining); true: also from scratch (e.g. GMP).
     sparse: bool | None = None
@@ -170,6 +178,7 @@ class ActivationSearchStage(TrainingSettings):
     kind: Literal["activation_search"]
     name: str
     label: str | None = None
+    input: str | None = None
     algorithm: str = "lahc"
     options: dict[str, Any] = Field(default_factory=dict)  # the algorithm's own settings
     space: str = "safs13"  # a built-in space (search_spaces/activations) or a YAML path
@@ -177,7 +186,6 @@ class ActivationSearchStage(TrainingSettings):
     # Where candidates start: the previous stage's model, or the most recent prune stage's
     # model before any fine-tuning (what the original SAFS code does).
     start_from: Literal["input", "pruned"] = "input"
-    scales_trainable: bool = False  # alpha, beta of every slot (frozen in the original's stage 1)
     max_concurrent: int | None = Field(default=None, ge=1)  # default: resources.max_concurrent_trials
     fidelity: FidelityConfig | None = None
     seed: int | None = None  # the search's own seed (repeat a search on the same prefix); default: the pipeline's
@@ -196,16 +204,48 @@ class ActivationSearchStage(TrainingSettings):
         return self.epochs_per_candidate
 
 
+class HpoStage(TrainingSettings):
+    """Stage 2 of SAFS: tune the training configuration (and learn α, β) of the sparse network."""
+
+    kind: Literal["hpo"]
+    name: str
+    label: str | None = None
+    input: str | None = None
+    backend: str = "smac"  # smac | optuna
+    options: dict[str, Any] = Field(default_factory=dict)  # the backend's own settings
+    space: str = "safs"  # a built-in space (search_spaces/hpo) or a YAML path
+    space_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {linear_weight_decay: true}
+    trials: int = Field(default=20, ge=1)
+    epochs_per_trial: int = Field(default=5, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    scales_trainable: bool = True
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from safs.search.hpo_backends import list_backends
+
+        if v not in list_backends():
+            raise ValueError(f"unknown HPO backend '{v}'; accepted: {', '.join(list_backends())}")
+        return v
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_per_trial
+
+
 class PruneStage(_Strict):
     kind: Literal["prune"]
     name: str
     label: str | None = None
+    input: str | None = None
     target: float | None = Field(default=None, ge=0, lt=1)  # default: sparsity.target
     eval_batch_size: int = Field(default=1024, ge=1)
 
 
-Stage = Annotated[Union[TrainStage, PruneStage, ActivationSearchStage], Field(discriminator="kind")]
-STAGE_KINDS = ("train", "prune", "activation_search")
+Stage = Annotated[Union[TrainStage, PruneStage, ActivationSearchStage, HpoStage], Field(discriminator="kind")]
+STAGE_KINDS = ("train", "prune", "activation_search", "hpo")
 
 
 class PipelineConfig(_Strict):
@@ -252,6 +292,19 @@ class PipelineConfig(_Strict):
                 raise _FieldError(f"stages[{i}].sparse", "true needs a sparsity block (method, target)")
             elif isinstance(st, ActivationSearchStage):
                 _check_search_stage(st, f"stages[{i}]", any(s.kind == "prune" for s in self.stages[:i]))
+            elif isinstance(st, HpoStage):
+                _check_hpo_stage(st, f"stages[{i}]")
+            earlier = {s.name: s.kind for s in self.stages[:i]}
+            if st.input is not None and st.input not in earlier:
+                raise _FieldError(f"stages[{i}].input", f"'{st.input}' is not an earlier stage; "
+                                  f"accepted: {', '.join(earlier) or '(none)'}")
+            if isinstance(st, ActivationSearchStage) and st.input is not None and st.start_from == "pruned":
+                raise _FieldError(f"stages[{i}].start_from", "give either input or start_from: pruned, not both")
+            source = getattr(st, "settings_from", None)
+            if source is not None and earlier.get(source) != "hpo":
+                hpo = [n for n, k in earlier.items() if k == "hpo"]
+                raise _FieldError(f"stages[{i}].settings_from", f"'{source}' is not an earlier hpo stage; "
+                                  f"accepted: {', '.join(hpo) or '(none)'}")
         return self
 
     def prune_target(self, stage: PruneStage) -> float:
@@ -272,6 +325,16 @@ def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool)
                          seed=0, options=st.options)
     except (ValueError, TypeError) as e:
         raise _FieldError(f"{path}.options", str(e)) from None
+
+
+def _check_hpo_stage(st: HpoStage, path: str) -> None:
+    from safs.search.hpo_backends import backend_options
+
+    unknown = sorted(set(st.options) - set(backend_options(st.backend)) | ({"n_trials"} & set(st.options)))
+    if unknown:
+        accepted = [k for k in backend_options(st.backend) if k != "n_trials"]
+        raise _FieldError(f"{path}.options", f"unknown option(s) {', '.join(map(repr, unknown))} for HPO backend "
+                          f"'{st.backend}' (the trial count is the stage's 'trials'); accepted: {', '.join(accepted)}")
 
 
 class _FieldError(ValueError):
@@ -335,7 +398,7 @@ def _defaults_for(kind: Any, defaults: dict) -> dict:
     # Training settings under defaults.train also apply to search candidates, so a pipeline
     # states its optimizer once.
     own = defaults.get(kind) or {}
-    if kind != "activation_search" or not isinstance(defaults.get("train"), dict):
+    if kind not in ("activation_search", "hpo") or not isinstance(defaults.get("train"), dict):
         return own
     shared = {k: v for k, v in defaults["train"].items() if k in TrainingSettings.model_fields}
     return _deep_merge(shared, own) if isinstance(own, dict) else own
@@ -386,7 +449,8 @@ def _first_error(e: ValidationError) -> str:
     return f"{path}: {msg}"
 
 
-_STAGE_CLASSES = {"train": TrainStage, "prune": PruneStage, "activation_search": ActivationSearchStage}
+_STAGE_CLASSES = {"train": TrainStage, "prune": PruneStage, "activation_search": ActivationSearchStage,
+                  "hpo": HpoStage}
 
 
 def _is_tag(loc: tuple, i: int) -> bool:

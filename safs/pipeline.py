@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safs.config import ActivationSearchStage, PipelineConfig, PruneStage, TrainStage
+from safs.config import ActivationSearchStage, HpoStage, PipelineConfig, PruneStage, TrainStage
 from safs.io import read_json
 
 HASH_VERSION = 1
@@ -22,11 +22,11 @@ RECORD = "stage.json"
 MODEL = "model.pt"
 
 DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final",
-                  "search": "Stage 1 search"}
+                  "search": "Stage 1 search", "hpo": "Stage 2 search"}
 TRIALS = "trials.parquet"
 SEARCH_KINDS = ("activation_search", "hpo")  # stages whose trials a searcher proposes
 # Settings that change neither a stage's result nor its meaning: left out of its hash.
-_UNHASHED = {"name", "label", "space", "max_concurrent"}
+_UNHASHED = {"name", "label", "space", "max_concurrent", "input", "settings_from"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class StagePlan:
     @property
     def epochs(self) -> int:
         st = self.spec["stage"]
-        return st.get("epochs", st.get("epochs_per_candidate", 0))
+        return st.get("epochs") or st.get("epochs_per_candidate") or st.get("epochs_per_trial") or 0
 
 
 def _digest(payload: Any) -> str:
@@ -67,31 +67,41 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.seed,
     }
-    upstream: Any = context
-    pruned: int | None = None  # index of the latest prune stage
-    plans = []
+    index = {st.name: i for i, st in enumerate(cfg.stages)}
+    after_prune: list[bool] = []  # whether a prune stage lies on each stage's input chain
+    last_prune: int | None = None
+    plans: list[StagePlan] = []
     for i, st in enumerate(cfg.stages):
         settings = st.model_dump(mode="json", exclude={"name", "label"})
-        input_index = i - 1 if i > 0 else None
+        input_index = index[st.input] if st.input is not None else (i - 1 if i > 0 else None)
+        if isinstance(st, ActivationSearchStage) and st.start_from == "pruned":
+            input_index = last_prune
+        pruned = input_index is not None and after_prune[input_index]
         if isinstance(st, PruneStage):
             settings["target"] = cfg.prune_target(st)
-            uses_method = True
-            pruned = i
+            uses_method = pruned = True
+            last_prune = i
         elif isinstance(st, ActivationSearchStage):
             from safs.search.space import load_choices, resolve_space
 
             settings["choices"] = load_choices(resolve_space(st.space))
-            uses_method = pruned is not None
-            if st.start_from == "pruned":
-                input_index = pruned
+            uses_method = pruned
+        elif isinstance(st, HpoStage):
+            from safs.search.hpo_space import load_space, resolve_space as resolve_hpo_space
+
+            cs = load_space(resolve_hpo_space(st.space), st.space_options or None)
+            settings["space_digest"] = _digest(cs.to_serialized_dict())
+            uses_method = pruned
         else:
             assert isinstance(st, TrainStage)
-            uses_method = st.sparse if st.sparse is not None else pruned is not None
+            uses_method = st.sparse if st.sparse is not None else pruned
+        after_prune.append(pruned)
         sparsity = cfg.sparsity.model_dump(mode="json") if uses_method and cfg.sparsity else None
         hashed = {k: v for k, v in settings.items() if k not in _UNHASHED}
+        upstream = plans[input_index].hash if input_index is not None else context
         payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
-        if input_index is not None and input_index != i - 1:  # starts from an earlier stage's model
-            payload["input"] = plans[input_index].hash
+        if getattr(st, "settings_from", None):
+            payload["settings_from"] = plans[index[st.settings_from]].hash
         h = _digest(payload)
         label = st.label or DEFAULT_LABELS.get(st.name, st.name)
         spec = {
@@ -110,7 +120,6 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         }
         plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec,
                                input_index))
-        upstream = h
     return plans
 
 
@@ -146,7 +155,7 @@ def stage_status(stage: StagePlan) -> str:
         return f"failed ({rec.get('error', 'see stage.json')})"
     if stage.kind == "train":
         return f"partial (epoch {epochs_completed(stage)} of {stage.epochs})"
-    if stage.kind == "activation_search":
+    if stage.kind in SEARCH_KINDS:
         tried = sum(1 for _ in (stage.dir / "tune").glob("trial_*/result.json"))
         return f"partial ({tried} candidates started)"
     return "partial"
@@ -181,6 +190,8 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
             started_ray = True
         source = plans[st.input_index] if st.input_index is not None else None
         spec = dict(st.spec, input=str(source.model_path.resolve()) if source else None)
+        if st.spec["stage"].get("settings_from"):
+            spec["stage"] = _with_incumbent(spec["stage"], next(p for p in plans if p.name == st.spec["stage"]["settings_from"]))
         record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
                   "settings": st.spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
         previous_record = read_record(st) or {}
@@ -200,6 +211,18 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
             raise
         echo(f"{tag} done in {rec['wall_s']:.1f}s  {_summary(rec)}")
     return plans
+
+
+def _with_incumbent(settings: dict, hpo: StagePlan) -> dict:
+    """A train stage's settings with the training configuration an hpo stage found."""
+    incumbent = ((read_record(hpo) or {}).get("search") or {}).get("incumbent_settings")
+    if incumbent is None:
+        from safs.orchestrator import StageFailed
+
+        raise StageFailed(f"stage '{hpo.name}' has no incumbent configuration (is it done?)")
+    from safs.config import TrainingSettings
+
+    return {**settings, **{k: incumbent[k] for k in TrainingSettings.model_fields}}
 
 
 def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
@@ -245,7 +268,8 @@ def _optimizer(spec: dict):
     from safs.search.hpo_backends import create_backend
     from safs.search.hpo_space import load_space, resolve_space, with_defaults
 
-    cs = with_defaults(load_space(resolve_space(st["space"])), {k: st[k] for k in TrainingSettings.model_fields})
+    cs = with_defaults(load_space(resolve_space(st["space"]), st["space_options"] or None),
+                       {k: st[k] for k in TrainingSettings.model_fields})
     options = dict(st["options"], n_trials=st["trials"])
     if options.get("facade") == "multi_fidelity":
         options.setdefault("max_budget", float(st["epochs_per_trial"]))

@@ -16,10 +16,11 @@ from safs.stages.train import fit_candidate
 def trial_settings(st: dict, config: dict) -> dict:
     """The stage's training settings with the configuration applied."""
     from safs.config import TrainingSettings
-    from safs.search.hpo_space import to_training_settings
+    from safs.search.hpo_space import load_space, resolve_space, to_training_settings
 
+    cs = load_space(resolve_space(st["space"]), st["space_options"] or None)
     base = {k: st[k] for k in TrainingSettings.model_fields}
-    return {**st, **to_training_settings(base, config)}
+    return {**st, **to_training_settings(base, config, cs)}
 
 
 def run_trial(spec: dict, candidate: dict) -> None:

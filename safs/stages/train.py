@@ -25,6 +25,9 @@ def run_trial(spec: dict) -> None:
         model, _ = common.load_model(spec["input"])
     else:
         model = common.new_model(spec, ds)
+    from safs.activations import set_scales_trainable
+
+    set_scales_trainable(model, st["scales_trainable"])
     fit(spec, model, st, st["epochs"])
 
 

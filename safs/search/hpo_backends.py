@@ -1,0 +1,79 @@
+"""The HPO backends by name: SMAC and Optuna behind the ask/tell protocol of the Tune bridge.
+
+Importing this module imports neither SMAC nor Optuna (listing backends and their options
+stays instant); a backend's module imports its library only when the optimizer first needs
+it. Options are read from each constructor's signature, so a new keyword argument is a new
+option with nothing else to keep in sync. Option values are checked by the constructors,
+before any library work, with one-line ``ValueError``s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import math
+from typing import Any
+
+BACKENDS: dict[str, str] = {
+    "smac": "safs.search.smac_backend:SMACOptimizer",
+    "optuna": "safs.search.optuna_backend:OptunaOptimizer",
+}
+
+_NOT_OPTIONS = ("self", "configspace", "seed")
+
+
+def list_backends() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def backend_class(name: str) -> type:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown HPO backend '{name}'; accepted: {', '.join(list_backends())}")
+    module, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def backend_options(name: str) -> dict[str, Any]:
+    """Option name -> default, in constructor order (``n_trials`` first)."""
+    parameters = inspect.signature(backend_class(name).__init__).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.name not in _NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def create_backend(name: str, configspace: Any, seed: int, options: dict[str, Any] | None = None) -> Any:
+    """The backend ``name`` over ``configspace``; ``options`` are its keyword arguments."""
+    options = dict(options or {})
+    accepted = backend_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(repr(o) for o in unknown)} for HPO backend "
+                         f"'{name}'; accepted: {', '.join(accepted)}")
+    return backend_class(name)(configspace, seed, **options)
+
+
+# --- helpers shared by the backends -------------------------------------------------------
+def plain(value: Any) -> Any:
+    """numpy scalars (ConfigSpace hands out ``np.str_``, ``np.float64``) as Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def finite_score(score: Any) -> float | None:
+    """A told score as a float; ``None`` when the trial failed (``None``, NaN, ±inf, junk)."""
+    if score is None or isinstance(score, bool):
+        return None
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def space_digest(space: Any) -> str:
+    """SHA-256 of the space's canonical JSON: recognises a state saved for another space."""
+    text = json.dumps(space.to_serialized_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+__all__ = ["BACKENDS", "backend_class", "backend_options", "create_backend", "list_backends"]

@@ -1,0 +1,431 @@
+"""SMAC 2 (random-forest BO, or Hyperband) as an ask/tell optimizer for the Tune bridge.
+
+SMAC is driven through its own ask/tell interface; nothing here calls ``optimize()``. The
+facade is built lazily (the first ``ask``/``tell``/``state_dict`` after construction or
+unpickling), so the object pickles in microseconds: Ray Tune pickles the searcher into
+``tuner.pkl`` when the ``Tuner`` is constructed.
+
+Scores are maximised (validation accuracy); SMAC minimises ``cost = 1 - score``, the cost
+the original SAFS used (``1 - best_val_acc``).
+
+SMAC 2.4.1 traps this module works around (see the orchestration notes, §2):
+
+- ``tell`` needs the exact ``TrialInfo`` that ``ask`` returned. SMAC's configurations hold
+  ``np.str_`` values and ``Configuration.__hash__`` is ``hash(repr(...))``, so a rebuilt
+  configuration with plain ``str`` values is ``==`` but hashes differently, which corrupts
+  the runhistory's running-trial bookkeeping. Live ``TrialInfo`` objects are kept per token;
+  after a restore they are looked up among SMAC's running trials by value.
+- A failed trial cannot be told with cost ``inf``: the runhistory encoder turns it into NaN
+  and the sklearn random forest raises ``ValueError: Input y contains NaN`` on the next
+  model fit. Failures are told as ``StatusType.CRASHED`` with a finite cost (see
+  ``failed_cost``).
+- ``optimizer.budget_exhausted`` asserts in pure ask/tell use and ``ask()`` keeps returning
+  trials past ``n_trials``: the trial budget is counted here.
+- The facade reconfigures the root logger unless ``logging_level=False``.
+- Reopening an output directory whose scenario differs calls ``input()`` (``EOFError`` under
+  Ray, a hang with an open stdin). Every build uses a new private directory, and a snapshot
+  is checked against the current scenario before SMAC is allowed to read it.
+- SMAC seeds the ``ConfigurationSpace`` it is given; it gets a private copy so two
+  optimizers sharing one space cannot disturb each other's random streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import shutil
+import tempfile
+import warnings
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safs.search.hpo_backends import finite_score, plain, space_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ConfigSpace import ConfigurationSpace
+
+FACADES = ("hpo", "multi_fidelity")
+RUN_NAME = "safs_smac"  # SMAC writes to <run dir>/<RUN_NAME>/<seed>/
+STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json", "scenario.json", "configspace.json")
+FAILED_COST = 1.0  # cost of a failed trial: score 0, the worst validation accuracy
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    return {name: plain(value) for name, value in dict(config).items()}
+
+
+class SMACOptimizer:
+    """SMAC 2 over a ConfigSpace ``ConfigurationSpace`` (conditions allowed).
+
+    - ``facade="hpo"``: ``HyperparameterOptimizationFacade`` (random forest, EI, Sobol
+      initial design of ``n_init`` configurations). Every trial trains the full epochs.
+    - ``facade="multi_fidelity"``: ``MultiFidelityFacade`` (Hyperband with ``eta`` between
+      ``min_budget`` and ``max_budget`` epochs, random initial design). Asked configs carry
+      ``"budget"`` (a float; the trial trains ``round(budget)`` epochs); every
+      (config, budget) evaluation is one of the ``n_trials``.
+
+    ``n_init`` defaults to ``max(1, min(n_trials // 4, 10))`` (the original SAFS used 5 for
+    20 trials) and is honoured as given (SMAC's own 25 % cap is lifted). ``workdir`` is where
+    SMAC's private output directories are created (a temporary directory by default, removed
+    when the object is garbage-collected); the resumable state travels in ``state_dict()``,
+    never in the directory.
+
+    A failed trial (score ``None``/NaN/inf) is told as ``CRASHED`` with cost
+    ``max(1, worst finite cost told so far)``: as bad as the worst trial, finite so the
+    random forest still fits.
+    """
+
+    name = "smac"
+
+    def __init__(self, configspace: ConfigurationSpace, seed: int, *, n_trials: int = 20, facade: str = "hpo",
+                 n_init: int | None = None, min_budget: float | None = None, max_budget: float | None = None,
+                 eta: int = 3, retrain_after: int = 1, workdir: str | None = None) -> None:
+        from ConfigSpace import ConfigurationSpace
+
+        if not isinstance(configspace, ConfigurationSpace):
+            raise TypeError("smac: configspace must be a ConfigSpace ConfigurationSpace")
+        if len(configspace) == 0:
+            raise ValueError("smac: the configuration space has no hyperparameters")
+        if facade not in FACADES:
+            raise ValueError(f"smac: unknown facade {facade!r}; accepted: {', '.join(FACADES)}")
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise ValueError(f"smac: n_trials must be an integer >= 1, not {n_trials!r}")
+        if n_init is not None and (isinstance(n_init, bool) or not isinstance(n_init, int)
+                                   or not 1 <= n_init <= n_trials):
+            raise ValueError(f"smac: n_init must be an integer in [1, n_trials={n_trials}] or null, not {n_init!r}")
+        if facade == "multi_fidelity":
+            if min_budget is None or max_budget is None:
+                raise ValueError("smac: facade 'multi_fidelity' needs min_budget and max_budget (epochs)")
+            if not 0 < float(min_budget) < float(max_budget):
+                raise ValueError(f"smac: need 0 < min_budget < max_budget, got min_budget={min_budget}, "
+                                 f"max_budget={max_budget}")
+            if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
+                raise ValueError(f"smac: eta must be an integer >= 2, not {eta!r}")
+            if "budget" in configspace:
+                raise ValueError("smac: a hyperparameter named 'budget' clashes with the multi-fidelity budget")
+        elif min_budget is not None or max_budget is not None:
+            raise ValueError("smac: min_budget/max_budget apply only to facade 'multi_fidelity'")
+        if isinstance(retrain_after, bool) or not isinstance(retrain_after, int) or retrain_after < 1:
+            raise ValueError(f"smac: retrain_after must be an integer >= 1, not {retrain_after!r}")
+        self.configspace = configspace
+        self.seed = int(seed)
+        self.n_trials = int(n_trials)
+        self.facade = facade
+        self.n_init = int(n_init) if n_init is not None else max(1, min(self.n_trials // 4, 10))
+        self.min_budget = None if min_budget is None else float(min_budget)
+        self.max_budget = None if max_budget is None else float(max_budget)
+        self.eta = int(eta)
+        self.retrain_after = int(retrain_after)
+        self.workdir = None if workdir is None else str(workdir)
+        self.history: list[dict[str, Any]] = []
+        self._next_token = 0
+        self._outstanding: dict[int, dict[str, Any]] = {}  # token -> {config, budget, seed, instance}
+        self._exhausted = False  # SMAC found nothing new to propose
+        self._snapshot: dict[str, str] | None = None  # SMAC files to restore at the next build
+        self._reset_live()
+
+    # --- the protocol -------------------------------------------------------------------
+    def ask(self) -> tuple[int, dict[str, Any]] | None:
+        """``(token, config)``; ``None`` once ``n_trials`` have been asked (or SMAC is out of
+        new configurations)."""
+        if self._next_token >= self.n_trials or self._exhausted:
+            return None
+        smac = self._facade()
+        from smac.main.exceptions import ConfigurationSpaceExhaustedException
+
+        try:
+            with warnings.catch_warnings():
+                # SMAC's local search logs np.mean() of an empty list of timings at debug level
+                warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
+                info = smac.ask()
+        except (StopIteration, ConfigurationSpaceExhaustedException):
+            self._exhausted = True  # the trial generator is finished for good
+            return None
+        token = self._next_token
+        self._next_token += 1
+        config = plain_config(info.config)
+        budget = None if info.budget is None else float(info.budget)
+        self._outstanding[token] = {"config": config, "budget": budget, "seed": info.seed,
+                                    "instance": info.instance}
+        self._infos[token] = info
+        out = dict(config)
+        if budget is not None:
+            out["budget"] = budget
+        return token, out
+
+    def tell(self, token: int, score: float | None) -> None:
+        """Report a trial's score (maximised); ``None``/NaN/inf = failed. Unknown or already
+        told tokens are ignored."""
+        try:
+            token = int(token)
+        except (TypeError, ValueError):
+            return
+        if token not in self._outstanding:
+            return
+        smac = self._facade()
+        from smac.runhistory.dataclasses import TrialValue
+        from smac.runhistory.enumerations import StatusType
+
+        entry = self._outstanding[token]
+        info = self._infos.get(token) or self._running_info(entry)
+        value = finite_score(score)
+        if value is None:
+            smac.tell(info, TrialValue(cost=self.failed_cost(), status=StatusType.CRASHED), save=False)
+        else:
+            smac.tell(info, TrialValue(cost=1.0 - value), save=False)
+        del self._outstanding[token]
+        self._infos.pop(token, None)
+        self.history.append({"token": token, "config": dict(entry["config"]), "score": value,
+                             "budget": entry["budget"]})
+
+    def done(self) -> bool:
+        """All trials asked (or SMAC exhausted) and told."""
+        return not self._outstanding and (self._next_token >= self.n_trials or self._exhausted)
+
+    def best(self) -> tuple[dict[str, Any], float] | None:
+        """Best told configuration and its score; with budgets, the best at the highest budget
+        any successful trial reached. Failures never count; ties go to the first told."""
+        ok = [r for r in self.history if r["score"] is not None]
+        if not ok:
+            return None
+        budgets = [r["budget"] for r in ok if r["budget"] is not None]
+        if budgets:
+            top = max(budgets)
+            ok = [r for r in ok if r["budget"] == top]
+        best = max(ok, key=lambda r: r["score"])  # max keeps the first of equal scores
+        config = dict(best["config"])
+        if best["budget"] is not None:
+            config["budget"] = best["budget"]
+        return config, best["score"]
+
+    def outstanding(self) -> dict[int, dict[str, Any]]:
+        """Asked, not yet told (with ``budget`` for the multi-fidelity facade)."""
+        out = {}
+        for token, entry in self._outstanding.items():
+            config = dict(entry["config"])
+            if entry["budget"] is not None:
+                config["budget"] = entry["budget"]
+            out[token] = config
+        return out
+
+    def max_parallel(self) -> int | None:
+        """SMAC proposes one at a time but accepts any number of pending trials."""
+        return None
+
+    def failed_cost(self) -> float:
+        costs = [1.0 - r["score"] for r in self.history if r["score"] is not None]
+        return max([FAILED_COST, *costs])
+
+    # --- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-compatible state: bookkeeping plus a snapshot of SMAC's output files
+        (base64)."""
+        if self._smac is not None:
+            self._smac.optimizer.save()
+            out = Path(self._smac.scenario.output_directory)
+            files = {name: base64.b64encode((out / name).read_bytes()).decode("ascii")
+                     for name in STATE_FILES if (out / name).is_file()}
+        else:
+            files = copy.deepcopy(self._snapshot)
+        return {
+            "backend": self.name,
+            "settings": self._settings(),
+            "next_token": self._next_token,
+            "exhausted": self._exhausted,
+            "outstanding": [{"token": token, **copy.deepcopy(entry)} for token, entry in self._outstanding.items()],
+            "history": copy.deepcopy(self.history),
+            "smac_files": files,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` of an optimizer built with the same arguments.
+
+        Told trials stay told (SMAC does not propose them again), outstanding tokens can
+        still be told, and asks continue up to ``n_trials`` in all."""
+        if state.get("backend") != self.name:
+            raise ValueError(f"state is for HPO backend {state.get('backend')!r}, not {self.name!r}")
+        settings = self._settings()
+        if state.get("settings") != settings:
+            diff = sorted(k for k in set(settings) | set(state.get("settings") or {})
+                          if settings.get(k) != (state.get("settings") or {}).get(k))
+            raise ValueError(f"smac: state was saved with different settings ({', '.join(diff)})")
+        self._close()
+        self._next_token = int(state["next_token"])
+        self._exhausted = bool(state["exhausted"])
+        self._outstanding = {}
+        for entry in state["outstanding"]:
+            entry = dict(entry)
+            token = int(entry.pop("token"))
+            self._outstanding[token] = {"config": dict(entry["config"]), "budget": entry["budget"],
+                                        "seed": entry["seed"], "instance": entry["instance"]}
+        self.history = copy.deepcopy(state["history"])
+        self._snapshot = copy.deepcopy(state["smac_files"])
+        if self._snapshot:
+            self._facade()  # rebuild now: a bad snapshot fails here, not in the middle of a run
+
+    # --- pickling: the facade is rebuilt from a snapshot ----------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        if self._smac is not None:
+            d["_snapshot"] = self.state_dict()["smac_files"]
+        for key in ("_smac", "_infos", "_run_dir", "_cleanup"):
+            d.pop(key, None)
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._reset_live()
+
+    # --- internals ----------------------------------------------------------------------
+    def _reset_live(self) -> None:
+        self._smac = None
+        self._infos: dict[int, Any] = {}  # token -> the TrialInfo SMAC handed out
+        self._run_dir: Path | None = None
+        self._cleanup = None
+
+    def _settings(self) -> dict[str, Any]:
+        return {"seed": self.seed, "n_trials": self.n_trials, "facade": self.facade, "n_init": self.n_init,
+                "min_budget": self.min_budget, "max_budget": self.max_budget, "eta": self.eta,
+                "retrain_after": self.retrain_after,
+                "space_sha256": space_digest(self.configspace)}
+
+    def _close(self) -> None:
+        """Forget the live facade and remove its directory."""
+        if self._cleanup is not None:
+            self._cleanup()
+        self._reset_live()
+
+    def _facade(self):
+        if self._smac is None:
+            self._build()
+        return self._smac
+
+    def _new_facade(self, run_dir: Path, overwrite: bool):
+        from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, Scenario
+        from smac.model.random_forest import RandomForest
+
+        space = copy.deepcopy(self.configspace)  # SMAC seeds it; keep the caller's untouched
+        if self.facade == "hpo":
+            scenario = Scenario(space, name=RUN_NAME, output_directory=run_dir, deterministic=True,
+                                n_trials=self.n_trials, seed=self.seed)
+            cls = HyperparameterOptimizationFacade
+            extra = {"intensifier": cls.get_intensifier(scenario)}
+        else:
+            scenario = Scenario(space, name=RUN_NAME, output_directory=run_dir, deterministic=True,
+                                n_trials=self.n_trials, seed=self.seed, min_budget=self.min_budget,
+                                max_budget=self.max_budget)
+            cls = MultiFidelityFacade
+            extra = {"intensifier": cls.get_intensifier(scenario, eta=self.eta)}
+        design = cls.get_initial_design(scenario, n_configs=self.n_init, max_ratio=1.0)
+        # The facade's own forest (10 trees, log_y), but single-threaded: SMAC's default
+        # n_jobs=-1 makes joblib poll threads for a 10-tree forest on a few dozen points,
+        # which costs seconds per model fit and competes with the trials for the driver's CPUs.
+        model = RandomForest(scenario.configspace, log_y=True, n_trees=10, bootstrapping=True, ratio_features=1.0,
+                             min_samples_split=2, min_samples_leaf=1, max_depth=2**20,
+                             max_leaf_nodes=max(1024, 2 * self.n_trials),
+                             instance_features=scenario.instance_features, seed=scenario.seed, n_jobs=1)
+        maximizer = _ordered_maximizer_class()(scenario.configspace, challengers=10000, local_search_iterations=10,
+                                                seed=scenario.seed)
+        selector = cls.get_config_selector(scenario, retrain_after=self.retrain_after)
+        return cls(scenario, target_function=None, initial_design=design, model=model,
+                   acquisition_maximizer=maximizer, config_selector=selector, overwrite=overwrite,
+                   logging_level=False, **extra)
+
+    def _build(self) -> None:
+        self._close()
+        if self.workdir is not None:
+            Path(self.workdir).mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix="safs_smac_", dir=self.workdir))
+        self._run_dir = run_dir
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(run_dir), True)
+        smac = self._new_facade(run_dir, overwrite=True)
+        if self._snapshot:
+            out = Path(smac.scenario.output_directory)
+            self._check_snapshot(out)
+            for name in ("runhistory.json", "intensifier.json", "optimization.json"):
+                (out / name).write_bytes(base64.b64decode(self._snapshot[name]))
+            # Same directory, same scenario: SMAC logs "Continuing from previous run." and loads
+            # the runhistory, the intensifier and its stats.
+            smac = self._new_facade(run_dir, overwrite=False)
+        self._smac = smac
+        self._attach_outstanding()
+        self._snapshot = None
+
+    def _check_snapshot(self, out: Path) -> None:
+        """The snapshot must come from this very scenario, or SMAC would prompt on stdin."""
+        missing = [n for n in ("runhistory.json", "intensifier.json", "optimization.json", "scenario.json")
+                   if n not in self._snapshot]
+        if missing:
+            raise ValueError(f"smac: state snapshot lacks {', '.join(missing)}")
+        saved = json.loads(base64.b64decode(self._snapshot["scenario.json"]))
+        current = json.loads((out / "scenario.json").read_text())
+        saved.pop("output_directory", None)
+        current.pop("output_directory", None)
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise ValueError(f"smac: state was saved for a different SMAC scenario (differs in: {', '.join(diff)})")
+
+    def _attach_outstanding(self) -> None:
+        """Map each outstanding token to SMAC's own running ``TrialInfo``. A token SMAC does
+        not know as running (SMAC discards a snapshot with a single pending trial and nothing
+        finished) is registered again, so it is neither proposed twice nor lost."""
+        running = list(self._smac.runhistory.get_running_trials())
+        for token, entry in self._outstanding.items():
+            info = next((t for t in running if _same_trial(t, entry)), None)
+            if info is None:
+                info = self._rebuilt_info(entry)
+                self._smac.runhistory.add_running_trial(info)
+            else:
+                running.remove(info)
+            self._infos[token] = info
+
+    def _running_info(self, entry: dict[str, Any]):
+        info = next((t for t in self._smac.runhistory.get_running_trials() if _same_trial(t, entry)), None)
+        return info if info is not None else self._rebuilt_info(entry)
+
+    def _rebuilt_info(self, entry: dict[str, Any]):
+        from ConfigSpace import Configuration
+        from smac.runhistory.dataclasses import TrialInfo
+
+        config = Configuration(self._smac.scenario.configspace, values=entry["config"])
+        return TrialInfo(config=config, instance=entry["instance"], seed=entry["seed"], budget=entry["budget"])
+
+
+def _same_trial(info: Any, entry: dict[str, Any]) -> bool:
+    budget = None if info.budget is None else float(info.budget)
+    return (budget == entry["budget"] and info.seed == entry["seed"] and info.instance == entry["instance"]
+            and plain_config(info.config) == entry["config"])
+
+
+_MAXIMIZER: type | None = None
+
+
+def _ordered_maximizer_class() -> type:
+    """SMAC's default acquisition maximizer (``LocalAndSortedRandomSearch``), made independent
+    of ``PYTHONHASHSEED``.
+
+    SMAC 2.4.1's ``LocalSearch._get_init_points_from_previous_configs`` de-duplicates the
+    local-search start points with ``list(set(configs))``. ``Configuration.__hash__`` hashes a
+    string, so that order (and with it every model-based proposal) changes from process to
+    process for the same seed. The start points are put in a fixed order (by ``repr``).
+    """
+    global _MAXIMIZER
+    if _MAXIMIZER is None:
+        from smac.acquisition.maximizer import LocalAndSortedRandomSearch
+        from smac.acquisition.maximizer.local_search import LocalSearch
+
+        class OrderedLocalSearch(LocalSearch):
+            def _get_init_points_from_previous_configs(self, *args: Any, **kwargs: Any) -> list:
+                return sorted(super()._get_init_points_from_previous_configs(*args, **kwargs), key=repr)
+
+        class OrderedLocalAndSortedRandomSearch(LocalAndSortedRandomSearch):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                if type(getattr(self, "_local_search", None)) is LocalSearch:
+                    self._local_search.__class__ = OrderedLocalSearch  # same object, ordered start points
+
+        _MAXIMIZER = OrderedLocalAndSortedRandomSearch
+    return _MAXIMIZER
