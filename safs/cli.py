@@ -116,7 +116,7 @@ def _run(cfg, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
 
     if dry_run:
         for st in pl.plan(cfg, results):
-            click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<6} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
+            click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
         return
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     from safs.orchestrator import StageFailed, StageInterrupted
