@@ -56,6 +56,13 @@ BAD = {
     "start_from_pruned_without_prune": (GOOD.replace("  - {name: prune, kind: prune}\n", "") + SEARCH.replace("input", "pruned"),
                                         "stages[2].start_from", "prune stage"),
     "fidelity_above_budget": (GOOD + SEARCH.replace("fidelity: null", "fidelity: {min_epochs: 3}"), "stages[3].fidelity.min_epochs", "epochs_per_candidate"),
+    "ga_population_0": (GOOD + SEARCH.replace("lahc", "ga").replace("{}", "{population: 0}"), "stages[3].options", "population"),
+    "reduction_factor_1": (GOOD + SEARCH.replace("fidelity: null", "fidelity: {reduction_factor: 1}"), "stages[3].fidelity.reduction_factor", "greater than 1"),
+    "epochs_per_candidate_0": (GOOD + SEARCH.replace("epochs_per_candidate: 2", "epochs_per_candidate: 0"), "stages[3].epochs_per_candidate", "0"),
+    "start_from_unknown": (GOOD + SEARCH.replace("start_from: input", "start_from: latest"), "stages[3].start_from", "'input' or 'pruned'"),
+    "unknown_search_key": (GOOD + SEARCH.replace("fidelity: null", "nonsense: 1"), "stages[3].nonsense", "epochs_per_candidate"),
+    "input_not_earlier": (GOOD.replace("kind: prune}", "kind: prune, input: retrain}"), "stages[1].input", "accepted: dense"),
+    "settings_from_not_hpo": (GOOD.replace("epochs: 1}", "epochs: 1, settings_from: dense}"), "stages[2].settings_from", "not an earlier hpo stage"),
     "prune_target_shrinks": (GOOD.replace("- {name: retrain, kind: train, epochs: 1}", "- {name: retrain, kind: train, epochs: 1}\n  - {name: prune2, kind: prune, target: 0.5}"), "stages[3].target", "only grow"),
 }
 

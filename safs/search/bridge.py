@@ -122,7 +122,9 @@ def _best_json(optimizer: AskTellOptimizer) -> dict | None:
 
 def read_saved_state(experiment_dir: Path) -> dict | None:
     """The newest searcher state Tune saved in ``experiment_dir`` (None if there is none)."""
-    files = sorted(Path(experiment_dir).glob(Searcher.CKPT_FILE_TMPL.format("*")), key=lambda p: p.stat().st_mtime)
+    # One file per Tune session; the session string is a timestamp, so name order is time
+    # order (modification times are not: a restore copies old sessions' files back).
+    files = sorted(Path(experiment_dir).glob(Searcher.CKPT_FILE_TMPL.format("*")), key=lambda p: p.name)
     for f in reversed(files):
         try:
             return json.loads(f.read_text())
