@@ -234,6 +234,19 @@ class HpoStage(TrainingSettings):
     def epochs(self) -> int:
         return self.epochs_per_trial
 
+    def backend_options(self) -> dict[str, Any]:
+        """The backend's constructor options: the stage's ``options``, its trial count and,
+        for multi-fidelity SMAC, epochs as the budget (1 .. epochs_per_trial by default)."""
+        return backend_options_for(self.model_dump(mode="json"))
+
+
+def backend_options_for(stage: dict) -> dict[str, Any]:
+    options = dict(stage["options"], n_trials=stage["trials"])
+    if options.get("facade") == "multi_fidelity":
+        options.setdefault("max_budget", float(stage["epochs_per_trial"]))
+        options.setdefault("min_budget", 1.0)
+    return options
+
 
 class PruneStage(_Strict):
     kind: Literal["prune"]
@@ -328,13 +341,17 @@ def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool)
 
 
 def _check_hpo_stage(st: HpoStage, path: str) -> None:
-    from safs.search.hpo_backends import backend_options
+    import ConfigSpace as CS
 
-    unknown = sorted(set(st.options) - set(backend_options(st.backend)) | ({"n_trials"} & set(st.options)))
-    if unknown:
+    from safs.search.hpo_backends import backend_options, create_backend
+
+    if "n_trials" in st.options:
+        raise _FieldError(f"{path}.options", "'n_trials': the trial count is the stage's 'trials'")
+    try:  # option names and values, on a stand-in space (builds no SMAC facade or Optuna study)
+        create_backend(st.backend, CS.ConfigurationSpace({"x": (0.0, 1.0)}), 0, st.backend_options())
+    except (ValueError, TypeError) as e:
         accepted = [k for k in backend_options(st.backend) if k != "n_trials"]
-        raise _FieldError(f"{path}.options", f"unknown option(s) {', '.join(map(repr, unknown))} for HPO backend "
-                          f"'{st.backend}' (the trial count is the stage's 'trials'); accepted: {', '.join(accepted)}")
+        raise _FieldError(f"{path}.options", f"{e}" if "accepted" in str(e) else f"{e}; accepted: {', '.join(accepted)}") from None
 
 
 class _FieldError(ValueError):

@@ -193,7 +193,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
         if st.spec["stage"].get("settings_from"):
             spec["stage"] = _with_incumbent(spec["stage"], next(p for p in plans if p.name == st.spec["stage"]["settings_from"]))
         record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
-                  "settings": st.spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
+                  "settings": spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
         previous_record = read_record(st) or {}
         record["attempts"] = int(previous_record.get("attempts", 0)) + 1
         write_json(st.record_path, record)
@@ -264,17 +264,13 @@ def _optimizer(spec: dict):
 
         model, _ = load_model(spec["input"])
         return create_optimizer(st["algorithm"], genome_space(model, st["choices"]), seed=seed, options=st["options"])
-    from safs.config import TrainingSettings
+    from safs.config import TrainingSettings, backend_options_for
     from safs.search.hpo_backends import create_backend
     from safs.search.hpo_space import load_space, resolve_space, with_defaults
 
     cs = with_defaults(load_space(resolve_space(st["space"]), st["space_options"] or None),
                        {k: st[k] for k in TrainingSettings.model_fields})
-    options = dict(st["options"], n_trials=st["trials"])
-    if options.get("facade") == "multi_fidelity":
-        options.setdefault("max_budget", float(st["epochs_per_trial"]))
-        options.setdefault("min_budget", 1.0)
-    return create_backend(st["backend"], cs, seed, options)
+    return create_backend(st["backend"], cs, seed, backend_options_for(st))
 
 
 def _complete(st: StagePlan, spec: dict, record: dict, checkpoint, trial_id: str, wall: float) -> dict:

@@ -27,6 +27,7 @@ import copy
 import importlib.util
 import inspect
 import warnings
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 from safs.search.hpo_backends import finite_score, plain, space_digest
@@ -36,6 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: modules a sampler needs beyond optuna itself (it constructs without them, then fails at sampling)
 SAMPLER_REQUIRES = {"CmaEsSampler": ("cmaes",), "GPSampler": ("torch", "scipy")}
+#: samplers that log each independently sampled parameter unless told not to (in TPESampler the
+#: switch is deprecated since Optuna 4.9 and TPE does not warn by default)
+QUIET_INDEPENDENT_SAMPLING = ("QMCSampler", "GPSampler", "CmaEsSampler")
 MAX_FORBIDDEN_RETRIES = 100
 
 
@@ -53,11 +57,14 @@ class OptunaOptimizer:
 
     ``sampler`` names a class in ``optuna.samplers`` (``TPESampler``, ``RandomSampler``,
     ``QMCSampler``, ``GPSampler``, ``CmaEsSampler`` with ``cmaes`` installed, ...);
-    ``sampler_options`` are its keyword arguments, plus ``seed=seed`` when it takes one.
+    ``sampler_options`` are its keyword arguments, plus ``seed=seed`` when it takes one and,
+    for QMC/GP/CMA-ES, ``warn_independent_sampling=False`` (conditional hyperparameters make
+    the space dynamic; those samplers would log a warning on every trial).
     A failed trial (score ``None``/NaN/inf) is told as ``TrialState.FAIL``.
     """
 
     name = "optuna"
+    payload = "config"  # the Tune bridge hands trials {"candidate": {"token": ..., "config": ...}}
 
     def __init__(self, configspace: ConfigurationSpace, seed: int, *, n_trials: int = 20,
                  sampler: str = "TPESampler", sampler_options: dict[str, Any] | None = None) -> None:
@@ -67,8 +74,10 @@ class OptunaOptimizer:
             raise TypeError("optuna: configspace must be a ConfigSpace ConfigurationSpace")
         if len(configspace) == 0:
             raise ValueError("optuna: the configuration space has no hyperparameters")
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        if isinstance(n_trials, bool) or not isinstance(n_trials, Integral) or n_trials < 1:
             raise ValueError(f"optuna: n_trials must be an integer >= 1, not {n_trials!r}")
+        if not isinstance(sampler, str):
+            raise ValueError(f"optuna: sampler must be the name of an optuna.samplers class, not {sampler!r}")
         if sampler_options is not None and not isinstance(sampler_options, dict):
             raise ValueError("optuna: sampler_options must be a mapping of keyword arguments")
         self.configspace = configspace
@@ -178,7 +187,9 @@ class OptunaOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict()`` of an optimizer built with the same arguments: a new
         study holds the finished trials, outstanding tokens can still be told, asks continue up
-        to ``n_trials`` in all (the sampler's random stream restarts from ``seed``)."""
+        to ``n_trials`` in all. The sampler is re-created with a seed derived from ``seed`` and
+        the number of finished trials, so the continuation is deterministic but is not the
+        sequence an uninterrupted run would have produced."""
         if state.get("backend") != self.name:
             raise ValueError(f"state is for HPO backend {state.get('backend')!r}, not {self.name!r}")
         settings = self._settings()
@@ -242,6 +253,10 @@ class OptunaOptimizer:
         options = dict(self.sampler_options)
         if "seed" in inspect.signature(cls).parameters and "seed" not in options:
             options["seed"] = (self.seed + 1_000_003 * restored) % 2**32
+        if self.sampler in QUIET_INDEPENDENT_SAMPLING:
+            # conditional spaces are dynamic: these relative samplers sample the conditional
+            # hyperparameters independently and would log a warning about it on every trial
+            options.setdefault("warn_independent_sampling", False)
         try:
             with warnings.catch_warnings():  # e.g. the ExperimentalWarning of some samplers' options
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -8,6 +8,7 @@ STAGE_MODULES = {
     "train": "safs.stages.train",
     "prune": "safs.stages.prune",
     "activation_search": "safs.stages.activation_search",
+    "hpo": "safs.stages.hpo",
 }
 
 
