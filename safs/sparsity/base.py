@@ -4,9 +4,14 @@ A method is one object per trial. The training loop calls its hooks; nothing out
 ``safs/sparsity`` knows which method runs. Sparsity and MACs are measured by
 ``safs.training.measure`` on the finalized model, never by the method itself.
 
-Hook order in a training stage, per step::
+Hook order in a training stage::
 
-    forward -> loss -> backward -> before_step() -> optimizer.step() -> after_step()
+    attach() [load_state_dict() on resume] on_train_start()
+    per epoch: on_epoch_start() ... on_epoch_end(); finalize() after the last
+    per step:  forward -> loss -> backward -> before_step() -> optimizer.step() -> after_step()
+
+A schedule that changes masks or thresholds "before the next forward" does so in
+``after_step`` (GMP, ST-3).
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class SparseMethod:
         return groups
 
     # --- training hooks -----------------------------------------------------------------
+    def on_train_start(self, steps_per_epoch: int, epochs: int, start_epoch: int = 0) -> None:
+        """Once per training stage (and again on resume, with the epoch it resumes from),
+        after ``attach`` and ``load_state_dict``: lets schedules count in steps."""
+
     def on_epoch_start(self, epoch: int) -> None: ...
 
     def on_epoch_end(self, epoch: int) -> None: ...

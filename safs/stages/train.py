@@ -77,6 +77,8 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
     test_batches = Batches(ds, "test", st["eval_batch_size"], train=False)
     autocast = lambda: autocast_for(device)  # noqa: E731
     meta = common.model_meta(spec, ds)
+    if method is not None:
+        method.on_train_start(len(train_batches), epochs, start)
 
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
