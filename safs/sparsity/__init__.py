@@ -12,6 +12,14 @@ import importlib
 # name -> (module in safs.sparsity, class name, one-line description)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
     "lwm": ("lwm", "LayerwiseMagnitude", "one-shot layer-wise L1 magnitude pruning, masks fixed afterwards (SAFS)"),
+    "gmp": ("gmp", "GradualMagnitude", "gradual magnitude pruning with the Zhu & Gupta cubic schedule"),
+    "str": ("soft_threshold", "SoftThresholdReparam", "STR: learnable per-layer soft threshold (Kusupati et al. 2020)"),
+    "st3": ("st3", "SoftThreshold3", "ST-3: straight-through soft thresholding, global l1 threshold, cubic schedule"),
+    "st3_sigma": ("st3", "SoftThreshold3Sigma", "ST-3σ: ST-3 with the width-normalised (l1/std) criterion"),
+    "dnw": ("dnw", "DiscoveringNeuralWirings", "DNW: per-layer top-k with straight-through gradients"),
+    "nm_magnitude": ("nm", "NMMagnitude", "2:4 semi-structured masks by magnitude (ASP-style), fixed afterwards"),
+    "nm_gumbel": ("nm", "NMGumbel", "2:4 masks learned with straight-through Gumbel-softmax over the 6 patterns"),
+    "sas": ("sas", "StructuredActivationSparsification", "SAS 1:2: sign-split inputs, 2x-wide layers (ReLU CNNs)"),
 }
 
 
