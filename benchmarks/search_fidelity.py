@@ -6,7 +6,7 @@ candidates start from the pruned network (as in the original SAFS code):
 
 - plain: every candidate fine-tunes ``--epochs`` epochs;
 - multi-fidelity: the same LAHC, but candidates below the top 1/3 at the epoch rungs
-  1, 3, ... stop early (ASHA, ``fidelity: {min_epochs: 1, reduction_factor: 3}``), with a
+  3, 9 stop early (ASHA, ``fidelity: {min_epochs: 3, reduction_factor: 3}``), with a
   larger step budget since steps are cheaper.
 
 Figure of merit: training epochs spent until the search first holds a fully trained
@@ -14,7 +14,7 @@ candidate at least as good as plain LAHC's best (for plain LAHC: until it found 
 The ratio multi-fidelity / plain should be <= 1/3. Epochs, not seconds, so the figure does
 not depend on the machine's load. Each search seed is one repetition.
 
-    python benchmarks/search_fidelity.py [--seeds 0 1 2] [--epochs 9] [--results DIR]
+    python benchmarks/search_fidelity.py [--seeds 0 1 2] [--epochs 27] [--min-epochs 3] [--results DIR]
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def run_search(root: Path, search: dict):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=9, help="epochs per fully trained candidate")
+    ap.add_argument("--epochs", type=int, default=27, help="epochs per fully trained candidate")
+    ap.add_argument("--min-epochs", type=int, default=3, help="first successive-halving rung")
     ap.add_argument("--steps", type=int, default=20, help="plain LAHC steps_minimum (the original's)")
     ap.add_argument("--mf-steps", type=int, default=60, help="multi-fidelity LAHC steps_minimum")
     ap.add_argument("--results", type=Path, default=None, help="results root (default: a temporary directory)")
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         plain = run_search(root, {**base, "seed": seed, "options": {"steps_minimum": args.steps}})
         mf = run_search(root, {**base, "seed": seed, "options": {"steps_minimum": args.mf_steps},
-                               "fidelity": {"min_epochs": 1, "reduction_factor": 3}})
+                               "fidelity": {"min_epochs": args.min_epochs, "reduction_factor": 3}})
         best = float(plain.loc[plain["status"] == "done", "score"].max())
         e_plain = epochs_to_reach(plain, best)
         e_mf = epochs_to_reach(mf, best)
@@ -92,19 +93,20 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
 
     reached = [r for r in rows if r["ratio"] is not None]
-    print(f"\nmnist5k, LeNet-5, LWM 99%, LAHC, {args.epochs} epochs per full candidate, seeds {args.seeds}")
+    print(f"\nmnist5k, LeNet-5, LWM 99%, LAHC, {args.epochs} epochs per full candidate, "
+          f"rungs from {args.min_epochs} epochs, seeds {args.seeds}")
     print(f"{'seed':>4} {'plain best':>10} {'epochs':>7} {'MF best':>8} {'epochs':>7} {'ratio':>6}")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "n/r"
-        e_mf = r["mf_epochs_to_plain_best"] if r["mf_epochs_to_plain_best"] is not None else "-"
+        e_mf = r["mf_epochs_to_plain_best"] if r["mf_epochs_to_plain_best"] is not None else f">{r['mf_epochs_total']}"
         print(f"{r['seed']:>4} {r['plain_best']:>10.4f} {r['plain_epochs_to_best']:>7} {r['mf_best']:>8.4f} "
               f"{e_mf:>7} {ratio:>6}")
-    if reached:
-        total = sum(r["mf_epochs_to_plain_best"] for r in reached) / sum(r["plain_epochs_to_best"] for r in reached)
-        print(f"multi-fidelity reached plain LAHC's best in {len(reached)}/{len(rows)} seeds; "
-              f"epochs ratio over those (sum MF / sum plain): {total:.2f} (target <= 0.33)")
-    else:
-        print("multi-fidelity never reached plain LAHC's best")
+    # A seed where multi-fidelity never reached plain LAHC's best counts with all the epochs
+    # it spent: a lower bound on what it would have needed.
+    mf = sum(r["mf_epochs_to_plain_best"] or r["mf_epochs_total"] for r in rows)
+    plain = sum(r["plain_epochs_to_best"] for r in rows)
+    print(f"reached plain LAHC's best in {len(reached)}/{len(rows)} seeds; epochs MF / plain over all seeds: "
+          f">= {mf / plain:.2f} (target <= 0.33)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
