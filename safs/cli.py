@@ -17,12 +17,13 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
 
 
 def _load(path: Path):
-    """Validate a pipeline completely (schema, data files, model options) before anything runs."""
-    from safs.config import ConfigError, load_pipeline
+    """Validate a pipeline file completely (schema, data files, model options) before anything
+    runs; return its pipelines (several with a ``matrix:``) and the matrix."""
+    from safs.config import ConfigError, load_pipelines
 
     try:
-        cfg = load_pipeline(path)
-        return _preflight(cfg, path)
+        cfgs, matrix = load_pipelines(path)
+        return [_preflight(cfg, path) for cfg in cfgs], matrix
     except ConfigError as e:
         _fail(str(e))
 
@@ -105,32 +106,43 @@ def main():
 @click.option("--verbose", is_flag=True, help="Show Ray and trial logs.")
 def run(pipeline: Path, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
     """Run PIPELINE.yaml: skip done stages, resume interrupted ones, run the rest."""
-    cfg = _load(pipeline)
-    _run(cfg, results, dry_run, address, num_cpus, quiet, verbose)
+    cfgs, matrix = _load(pipeline)
+    _run(cfgs, matrix, results, dry_run, address, num_cpus, quiet, verbose)
 
 
-def _run(cfg, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
+def _run(cfgs, matrix, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
     import logging
 
     from safs import pipeline as pl
 
+    name = cfgs[0].name
     if dry_run:
-        for st in pl.plan(cfg, results):
-            click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
+        for cfg in cfgs:
+            if cfg.variant:
+                click.echo(f"[{cfg.variant}]")
+            for st in pl.plan(cfg, results):
+                click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
         return
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     from safs.orchestrator import StageFailed, StageInterrupted
 
-    click.echo(f"safs: pipeline '{cfg.name}' -> {results / cfg.name}")
+    stored = None
+    if matrix:  # the run directory keeps the matrix, so `safs resume` re-expands the same cells
+        stored = {**cfgs[0].model_dump(mode="json", exclude={"variant"}), "matrix": matrix}
+    click.echo(f"safs: pipeline '{name}' -> {results / name}" + (f" ({len(cfgs)} matrix cells)" if matrix else ""))
     try:
-        pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose, echo=click.echo)
+        for cfg in cfgs:
+            if cfg.variant:
+                click.echo(f"safs: [{cfg.variant}]")
+            pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose, echo=click.echo,
+                   stored=stored)
     except StageInterrupted as e:
         _fail(f"{e}; run the same command again to resume", EXIT_INTERRUPTED)
     except StageFailed as e:
         _fail(str(e), 1)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
-    click.echo(f"safs: done. Table: safs table {results / cfg.name}")
+    click.echo(f"safs: done. Table: safs table {results / name}")
 
 
 @main.command()
@@ -144,8 +156,8 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
     stored = run_dir / "pipeline.yaml"
     if not stored.is_file():
         _fail(f"{run_dir}: not a safs run directory (no pipeline.yaml)")
-    cfg = _load(stored)
-    _run(cfg, run_dir.parent, False, address, num_cpus, quiet, verbose)
+    cfgs, matrix = _load(stored)
+    _run(cfgs, matrix, run_dir.parent, False, address, num_cpus, quiet, verbose)
 
 
 @main.command()
@@ -154,18 +166,23 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
 def status(target: Path, results: Path):
     """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending."""
     from safs import pipeline as pl
-    from safs.config import ConfigError, load_pipeline
+    from safs.config import ConfigError, load_pipelines
 
     try:
         if target.is_dir():
-            cfg, root = load_pipeline(target / "pipeline.yaml"), target.parent
+            (cfgs, _), root = load_pipelines(target / "pipeline.yaml"), target.parent
         else:
-            cfg, root = load_pipeline(target), results
+            (cfgs, _), root = load_pipelines(target), results
     except ConfigError as e:
         _fail(str(e))
-    click.echo(f"pipeline {cfg.name} ({root / cfg.name})")
-    for st in pl.plan(cfg, root):
-        click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {pl.stage_status(st)}")
+    click.echo(f"pipeline {cfgs[0].name} ({root / cfgs[0].name})")
+    for cfg in cfgs:
+        plans = pl.plan(cfg, root)
+        if cfg.variant:
+            done = sum(pl.is_done(st) for st in plans)
+            click.echo(f"  [{cfg.variant}] {done}/{len(plans)} stages done")
+        for st in plans:
+            click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {pl.stage_status(st)}")
 
 
 @main.command("list")

@@ -263,6 +263,7 @@ STAGE_KINDS = ("train", "prune", "activation_search", "hpo")
 
 class PipelineConfig(_Strict):
     name: str
+    variant: str | None = None  # set by a ``matrix:`` expansion, e.g. "method=gmp,target=0.9"
     seed: int = 0
     data: DataConfig
     model: ModelConfig
@@ -365,8 +366,12 @@ class _FieldError(ValueError):
 # --------------------------------------------------------------------------- loading
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
-    """Read and validate a pipeline file; raise ConfigError with a one-line message."""
+    """Read and validate a pipeline file without a matrix; raise ConfigError with a one-line message."""
     path = Path(path)
+    return parse_pipeline(_read_yaml(path), source=path.name)
+
+
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
@@ -378,11 +383,65 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path.name}: invalid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path.name}: not a text file") from None
-    return parse_pipeline(raw, source=path.name)
+    return raw
+
+
+def load_pipelines(path: str | Path) -> tuple[list[PipelineConfig], dict | None]:
+    """Read a pipeline file that may hold a ``matrix:``; return its pipelines (one per matrix
+    cell, else one) and the matrix."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    return parse_pipelines(raw, source=path.name)
+
+
+def parse_pipelines(raw: Any, source: str = "pipeline") -> tuple[list[PipelineConfig], dict | None]:
+    """``matrix: {dotted.path: [values...]}`` expands one file into the product of its values.
+    Paths address the file's keys (``sparsity.method``, ``seed``, ``model.name``) and stages
+    by name (``stages.search.algorithm``). All cells share one run directory, so stages with
+    equal settings (e.g. the dense stage of every method) are trained once."""
+    if not isinstance(raw, dict) or "matrix" not in raw:
+        return [parse_pipeline(raw, source)], None
+    raw = copy.deepcopy(raw)
+    matrix = raw.pop("matrix")
+    if not isinstance(matrix, dict) or not matrix or not all(isinstance(v, list) and v for v in matrix.values()):
+        raise ConfigError(f"{source}: matrix: expected a mapping from a dotted field path to a non-empty list "
+                          "of values, e.g. {{sparsity.target: [0.9, 0.99], seed: [0, 1]}}")
+    import itertools
+
+    out = []
+    for values in itertools.product(*matrix.values()):
+        cell = copy.deepcopy(raw)
+        for key, value in zip(matrix, values):
+            _set_path(cell, key, value, source)
+        cell["variant"] = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(matrix, values))
+        try:
+            out.append(parse_pipeline(cell, source))
+        except ConfigError as e:
+            raise ConfigError(f"{e} (matrix cell {cell['variant']})") from None
+    return out, matrix
+
+
+def _set_path(raw: dict, key: str, value: Any, source: str) -> None:
+    node: Any = raw
+    parts = str(key).split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):  # inside stages: a stage, by name
+            match = [st for st in node if isinstance(st, dict) and st.get("name") == part]
+            if not match:
+                names = ", ".join(str(st.get("name")) for st in node if isinstance(st, dict))
+                raise ConfigError(f"{source}: matrix.{key}: no stage named '{part}'; accepted: {names}")
+            node = match[0]
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+    if isinstance(node, list):
+        raise ConfigError(f"{source}: matrix.{key}: a path into stages needs a stage name and a field")
+    node[parts[-1]] = value
 
 
 def parse_pipeline(raw: Any, source: str = "pipeline") -> PipelineConfig:
-    top_keys = ", ".join(PipelineConfig.model_fields)
+    top_keys = ", ".join([*PipelineConfig.model_fields, "matrix"])
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with keys: {top_keys}")
     if not isinstance(raw, dict):

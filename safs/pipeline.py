@@ -106,6 +106,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         label = st.label or DEFAULT_LABELS.get(st.name, st.name)
         spec = {
             "pipeline": cfg.name,
+            "variant": cfg.variant,
             "index": i,
             "name": st.name,
             "kind": st.kind,
@@ -164,7 +165,7 @@ def stage_status(stage: StagePlan) -> str:
 # --------------------------------------------------------------------------- running
 
 def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, num_cpus: float | None = None,
-        quiet: bool = False, verbose: bool = False, echo=print) -> list[StagePlan]:
+        quiet: bool = False, verbose: bool = False, echo=print, stored: dict | None = None) -> list[StagePlan]:
     """Run every stage that is not done yet, in order. Done stages are skipped; interrupted
     ones are restored from their Tune state; a changed stage gets a new hash and directory."""
     import time
@@ -177,7 +178,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
     plans = plan(cfg, results_root)
     run_dir = Path(results_root) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "pipeline.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text(run_dir / "pipeline.yaml", yaml.safe_dump(stored or cfg.model_dump(mode="json"), sort_keys=False))
     orchestrator.forward_sigterm()
     started_ray = False
     for st in plans:

@@ -11,9 +11,10 @@ def rows(pipeline, seed, accs, model="lenet5", dataset="mnist5k", target=0.99):
     out = []
     for i, (label, acc) in enumerate(accs.items()):
         out.append({c: None for c in ROW_COLUMNS} | {
-            "pipeline": pipeline, "stage": label.lower(), "stage_index": i, "label": label, "model": model,
+            "pipeline": pipeline, "variant": None, "stage": label.lower(), "stage_index": i, "label": label, "model": model,
             "dataset": dataset, "target_sparsity": 0.0 if label == "Dense" else target, "test_acc": acc,
-            "seed": seed, "achieved_sparsity": 0.0 if label == "Dense" else target, "method": "lwm"})
+            "seed": seed, "achieved_sparsity": 0.0 if label == "Dense" else target,
+            "method": "dense" if label == "Dense" else "lwm"})
     return out
 
 
@@ -26,7 +27,7 @@ ACCS = {"Dense": 0.98, "Pruned": 0.1, "Magnitude Pruning": 0.40, "Stage 1": 0.50
 
 def test_safs_layout_one_seed_with_gain():
     t = safs_table(frame(rows("a", 0, ACCS)))
-    assert list(t.columns) == ["model", "dataset", "target %", "Dense", "Magnitude Pruning", "Stage 1", "Stage 2", "SAFS"]
+    assert list(t.columns) == ["model", "dataset", "method", "target %", "Dense", "Magnitude Pruning", "Stage 1", "Stage 2", "SAFS"]
     [r] = t.to_dict("records")
     assert r["target %"] == 99.0 and r["Dense"] == "98.00" and r["Magnitude Pruning"] == "40.00"
     assert r["SAFS"] == "56.00 (+16.00)"

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 ROW_COLUMNS = [
-    "pipeline", "stage", "stage_index", "stage_kind", "label", "stage_hash", "trial_id", "status",
+    "pipeline", "variant", "stage", "stage_index", "stage_kind", "label", "stage_hash", "trial_id", "status",
     "model", "dataset", "method", "target_sparsity", "achieved_sparsity", "params", "nnz", "macs",
     "nnz_macs", "val_acc", "test_acc", "best_epoch", "val_acc_last", "test_acc_last", "epochs",
     "wall_s", "seed", "config",
@@ -24,6 +24,7 @@ def make_row(spec: dict, history: list[dict], m, *, wall_s: float, trial_id: str
     sp = spec.get("sparsity")
     row = {
         "pipeline": spec["pipeline"],
+        "variant": spec.get("variant"),
         "stage": spec["name"],
         "stage_index": spec["index"],
         "stage_kind": spec["kind"],
@@ -70,10 +71,38 @@ def stage_records(*paths: str | Path) -> list[dict]:
     return out
 
 
+def run_rows(run_dir: str | Path) -> list[dict] | None:
+    """The rows of a run directory, stage by stage of each of its pipelines (each matrix cell:
+    a stage shared by several cells is one record but one row per cell). ``None`` when the
+    directory holds no readable ``pipeline.yaml``."""
+    from safs.config import ConfigError, load_pipelines
+    from safs.pipeline import is_done, plan, read_record
+
+    run_dir = Path(run_dir)
+    try:
+        cfgs, _ = load_pipelines(run_dir / "pipeline.yaml")
+    except (ConfigError, ValueError, OSError):
+        return None
+    rows = []
+    for cfg in cfgs:
+        for st in plan(cfg, run_dir.parent):
+            if is_done(st):
+                rows.append(dict(read_record(st)["row"], variant=cfg.variant))
+    return rows
+
+
 def load_results(*paths: str | Path):
-    """All results rows under ``paths`` as a pandas DataFrame with ``ROW_COLUMNS``."""
+    """All results rows under ``paths`` (run directories, results roots or stage directories)
+    as a pandas DataFrame with ``ROW_COLUMNS``."""
     import pandas as pd
 
-    rows = [r["row"] for r in stage_records(*paths) if r.get("status") == "done" and r.get("row")]
+    rows: list[dict] = []
+    for p in map(Path, paths):
+        runs = [p] if (p / "pipeline.yaml").is_file() else sorted(d for d in p.glob("*") if (d / "pipeline.yaml").is_file())
+        from_runs = [run_rows(d) for d in runs]
+        if runs and all(r is not None for r in from_runs):
+            rows += [row for r in from_runs for row in r]
+        else:  # not a run directory (or an unreadable one): every finished stage record
+            rows += [r["row"] for r in stage_records(p) if r.get("status") == "done" and r.get("row")]
     df = pd.DataFrame(rows, columns=ROW_COLUMNS)
-    return df.sort_values(["pipeline", "stage_index"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["pipeline", "variant", "stage_index"], kind="stable", na_position="first").reset_index(drop=True)

@@ -15,41 +15,45 @@ def stages_table(df: pd.DataFrame) -> pd.DataFrame:
     (at the best-validation epoch), then achieved sparsity."""
     if df.empty:
         return pd.DataFrame()
-    first = df.sort_values("stage_index").groupby("pipeline", sort=False)
+    df = df.assign(variant=df["variant"].fillna(""))
+    first = df.sort_values("stage_index").groupby(["pipeline", "variant"], sort=False)
     meta = first.agg(model=("model", "first"), dataset=("dataset", "first"),
                      method=("method", "last"), target=("target_sparsity", "last"),
                      sparsity=("achieved_sparsity", "last"))
     labels = list(dict.fromkeys(df.sort_values("stage_index")["label"]))
-    acc = df.pivot_table(index="pipeline", columns="label", values="test_acc", aggfunc="last")
+    acc = df.pivot_table(index=["pipeline", "variant"], columns="label", values="test_acc", aggfunc="last")
     acc = (acc[labels] * 100).round(2)
     out = meta.join(acc)
     out["sparsity"] = (out["sparsity"] * 100).round(2)
     out = out.rename(columns={"target": "target %", "sparsity": "achieved sparsity %"})
     out["target %"] = (out["target %"] * 100).round(2)
-    return out.reset_index()
+    out = out.reset_index()
+    return out if (out["variant"] != "").any() else out.drop(columns="variant")
 
 
 SAFS_COLUMNS = ["Dense", "Magnitude Pruning", "Stage 1", "Stage 2", "SAFS"]
 
 
 def safs_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """The SAFS paper's table: one row per model/dataset/target sparsity; columns Dense |
+    """The SAFS paper's table: one row per model/dataset/method/target sparsity; columns Dense |
     Magnitude Pruning | Stage 1 | Stage 2 | SAFS, matched by stage label; test accuracy (%)
     at the best-validation epoch, mean ± std over seeds when there are several; SAFS also
     shows its gain over Magnitude Pruning in points. Missing stages are left empty."""
     if df.empty:
-        return pd.DataFrame(columns=["model", "dataset", "target %", *SAFS_COLUMNS])
+        return pd.DataFrame(columns=["model", "dataset", "method", "target %", *SAFS_COLUMNS])
     df = df.copy()
-    # A pipeline's dense stage belongs to the row of the sparsity the pipeline prunes to.
-    df["target_sparsity"] = df.groupby("pipeline")["target_sparsity"].transform("max")
+    # A pipeline's dense stage belongs to the row of the method and sparsity it prunes to.
+    run = [df["pipeline"], df["variant"].fillna("")]
+    df["target_sparsity"] = df.groupby(run)["target_sparsity"].transform("max")
+    df["method"] = df["method"].where(df["method"] != "dense").groupby(run).transform("last").fillna("dense")
     df = df[df["label"].isin(SAFS_COLUMNS)]
     df["acc"] = df["test_acc"] * 100
     # One value per seed and column (a re-run stage of the same seed replaces the earlier one).
-    df = df.sort_values("stage_index").groupby(["model", "dataset", "target_sparsity", "label", "seed"],
+    df = df.sort_values("stage_index").groupby(["model", "dataset", "method", "target_sparsity", "label", "seed"],
                                                as_index=False)["acc"].last()
     rows = []
-    for (model, dataset, target), g in df.groupby(["model", "dataset", "target_sparsity"], sort=False):
-        row = {"model": model, "dataset": dataset, "target %": round(target * 100, 2)}
+    for (model, dataset, method, target), g in df.groupby(["model", "dataset", "method", "target_sparsity"], sort=False):
+        row = {"model": model, "dataset": dataset, "method": method, "target %": round(target * 100, 2)}
         stats = {lab: g.loc[g["label"] == lab, "acc"] for lab in SAFS_COLUMNS}
         for lab, v in stats.items():
             row[lab] = _mean_std(v, digits)
@@ -57,7 +61,7 @@ def safs_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
             delta = stats["SAFS"].mean() - stats["Magnitude Pruning"].mean()
             row["SAFS"] += f" ({delta:+.{digits}f})"
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "dataset", "target %", *SAFS_COLUMNS])
+    return pd.DataFrame(rows, columns=["model", "dataset", "method", "target %", *SAFS_COLUMNS])
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:
