@@ -95,6 +95,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         else:
             assert isinstance(st, TrainStage)
             uses_method = st.sparse if st.sparse is not None else pruned
+            pruned = pruned or bool(st.sparse)  # a method trained from scratch keeps going after it
         after_prune.append(pruned)
         sparsity = cfg.sparsity.model_dump(mode="json") if uses_method and cfg.sparsity else None
         hashed = {k: v for k, v in settings.items() if k not in _UNHASHED}
