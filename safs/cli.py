@@ -82,11 +82,16 @@ def _check_model(cfg) -> None:
 
     num_classes, shape = dataset_shape(cfg.data.name)
     try:
-        create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
+        model = create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
     except TypeError as e:
         raise ValueError(f"model.options: {e}") from None
     if cfg.sparsity is not None:
-        create_method(cfg.sparsity.method, cfg.sparsity.target, cfg.sparsity.options)
+        method = create_method(cfg.sparsity.method, cfg.sparsity.target, cfg.sparsity.options)
+        if method.changes_architecture:  # e.g. SAS: which models and activations it converts
+            try:
+                method.attach(model)
+            except ValueError as e:
+                raise ValueError(f"sparsity.method: {e}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -52,14 +52,24 @@ def model_meta(spec: dict, ds) -> dict:
 
 
 def save_model(path: Path, model: nn.Module, meta: dict, method: str | None) -> None:
-    """``model.pt``: weights, masks, activation genome and α/β, loadable with weights_only=True."""
+    """``model.pt``: weights, masks, activation genome and α/β, loadable with weights_only=True.
+
+    ``architecture`` records an architecture transform the model went through (SAS's
+    conversion, ``safs.sparsity.sas.architecture``; ``None`` for none), independently of
+    ``method``: a later stage without the method (an activation search) still saves it.
+    """
     from safs.activations import genome
+    from safs.sparsity.sas import architecture
 
     torch_save({"format": MODEL_FORMAT, "model": meta, "genome": genome(model), "method": method,
+                "architecture": architecture(model),
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a ``model.pt``: the registry's architecture, then the recorded
+    transform (if any, before the genome: it sets the operators of the slots it relocates),
+    the genome, the mask buffers and the weights (strict)."""
     from safs.activations import apply_genome
     from safs.models import create_model
     from safs.sparsity.masks import ensure_mask_buffers
@@ -69,6 +79,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         raise ValueError(f"{path}: not a safs model file (format {blob.get('format')!r})")
     meta = blob["model"]
     model = create_model(meta["name"], meta["num_classes"], tuple(meta["input_shape"]), meta["activation"], **meta["options"])
+    if blob.get("architecture") is not None:  # absent in files written before it existed
+        from safs.sparsity.sas import rebuild
+
+        rebuild(model, blob["architecture"])
     apply_genome(model, blob["genome"])
     ensure_mask_buffers(model, blob["state_dict"])
     model.load_state_dict(blob["state_dict"], strict=True)
