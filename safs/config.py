@@ -413,12 +413,21 @@ def parse_pipelines(raw: Any, source: str = "pipeline") -> tuple[list[PipelineCo
         cell = copy.deepcopy(raw)
         for key, value in zip(matrix, values):
             _set_path(cell, key, value, source)
-        cell["variant"] = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(matrix, values))
+        cell["variant"] = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in zip(matrix, values))
         try:
             out.append(parse_pipeline(cell, source))
         except ConfigError as e:
             raise ConfigError(f"{e} (matrix cell {cell['variant']})") from None
     return out, matrix
+
+
+def _short(value: Any) -> str:
+    """A matrix value in a cell's name: a block (``{name: vgg11, options: ...}``) by its name."""
+    if isinstance(value, dict):
+        rest = {k: v for k, v in value.items() if k != "name"}
+        inner = ",".join(f"{k}={_short(v)}" for k, v in rest.items())
+        return f"{value.get('name', '')}({inner})" if inner else str(value.get("name", inner))
+    return str(value)
 
 
 def _set_path(raw: dict, key: str, value: Any, source: str) -> None:

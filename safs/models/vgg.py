@@ -20,7 +20,7 @@ CONFIGS: dict[str, list[int | str]] = {
 class VGG(nn.Module):
     def __init__(
         self, cfg: list[int | str], num_classes: int, input_shape: tuple[int, int, int],
-        activation: str,
+        activation: str, width: float = 1.0,
     ):
         super().__init__()
         layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -34,10 +34,11 @@ class VGG(nn.Module):
                 layers[f"pool{pool_index}"] = nn.MaxPool2d(2, ceil_mode=True)
             else:
                 conv_index += 1
-                layers[f"conv{conv_index}"] = nn.Conv2d(in_channels, int(item), 3, padding=1)
-                layers[f"bn{conv_index}"] = nn.BatchNorm2d(int(item))
+                channels = max(1, round(int(item) * width))
+                layers[f"conv{conv_index}"] = nn.Conv2d(in_channels, channels, 3, padding=1)
+                layers[f"bn{conv_index}"] = nn.BatchNorm2d(channels)
                 layers[f"act{conv_index}"] = ActivationSlot(activation)
-                in_channels = int(item)
+                in_channels = channels
         # Slot names: features.act1 ... features.actN.
         self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -50,13 +51,19 @@ class VGG(nn.Module):
 
 @register_model("vgg11", "relu", "VGG-11 with BN, CIFAR style (one linear classifier)")
 def build_vgg11(
-    num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None
+    num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None, *, width: float = 1.0
 ) -> nn.Module:
-    return VGG(CONFIGS["vgg11"], num_classes, input_shape, activation or "relu")
+    """``width`` scales every conv's channels (0.25: a CPU-sized VGG)."""
+    if not width > 0:
+        raise ValueError(f"model.options.width: must be > 0 (got {width})")
+    return VGG(CONFIGS["vgg11"], num_classes, input_shape, activation or "relu", width)
 
 
 @register_model("vgg16", "relu", "VGG-16 with BN, CIFAR style (one linear classifier)")
 def build_vgg16(
-    num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None
+    num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None, *, width: float = 1.0
 ) -> nn.Module:
-    return VGG(CONFIGS["vgg16"], num_classes, input_shape, activation or "relu")
+    """``width`` scales every conv's channels (0.25: a CPU-sized VGG)."""
+    if not width > 0:
+        raise ValueError(f"model.options.width: must be > 0 (got {width})")
+    return VGG(CONFIGS["vgg16"], num_classes, input_shape, activation or "relu", width)
