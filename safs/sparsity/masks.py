@@ -71,3 +71,80 @@ class MaskKeeper:
     def mask_weights(self) -> None:
         if self.weights:
             torch._foreach_mul_(self.weights, self.masks)
+
+
+# --------------------------------------------------------------------------- effective weights
+# Training-time methods (STR, ST-3, DNW) compute the weight a layer uses from its stored one.
+# ``reparametrize`` swaps the layer's class in place for a subclass whose ``forward`` calls
+# ``effective_weight()``: parameter objects and names stay as they are (so the optimizer and
+# ``state_dict`` keys are unaffected), and ``plain`` swaps the class back at finalize.
+
+_REPARAM_CLASSES: dict[tuple[type, type], type] = {}
+
+
+class ReparamLayer:
+    """Mixin for an ``nn.Conv2d`` / ``nn.Linear`` whose forward uses ``effective_weight()``."""
+
+    _plain_class: type
+
+    def effective_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.effective_weight()
+        if isinstance(self, nn.Conv2d):
+            return self._conv_forward(input, weight, self.bias)
+        return nn.functional.linear(input, weight, self.bias)
+
+
+def reparametrize(module: nn.Module, mixin: type) -> bool:
+    """Make ``module`` use ``mixin.effective_weight``; False if it already does."""
+    if isinstance(module, mixin):
+        return False
+    if isinstance(module, ReparamLayer):
+        raise ValueError(f"{type(module).__name__} is already reparametrised by another method")
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"only Conv2d and Linear layers can be reparametrised, not {type(module).__name__}")
+    base = type(module)
+    cls = _REPARAM_CLASSES.get((mixin, base))
+    if cls is None:
+        cls = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {"_plain_class": base})
+        _REPARAM_CLASSES[(mixin, base)] = cls
+    module.__class__ = cls
+    return True
+
+
+def plain(module: nn.Module) -> None:
+    """Undo ``reparametrize`` (the caller removes its extra parameters and buffers)."""
+    if isinstance(module, ReparamLayer):
+        module.__class__ = module._plain_class
+
+
+def straight_through(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward, identity gradient to ``weight`` (exactly ``value``, no rounding)."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return value.detach() + (weight - weight.detach())
+    return value
+
+
+def has_pruned(model: nn.Module) -> bool:
+    """Whether any layer carries a mask with a pruned entry (a model an earlier stage sparsified)."""
+    return any(not bool(getattr(m, MASK).all()) for m in masked_layers(model).values())
+
+
+@torch.no_grad()
+def export_layer(module: nn.Module, extras: tuple[str, ...] = ()) -> None:
+    """Finalize one layer in place: ``weight`` := its effective weight, the method's ``extras``
+    (parameters or buffers) removed, the plain class back, ``weight_mask`` = the non-zeros
+    (within the layer's current mask, if it has one)."""
+    weight = module.effective_weight() if isinstance(module, ReparamLayer) else module.weight
+    weight = weight.detach().clone()
+    for name in extras:
+        if hasattr(module, name):
+            delattr(module, name)
+    plain(module)
+    mask = weight != 0
+    if hasattr(module, MASK):
+        mask &= getattr(module, MASK)
+    module.weight.copy_(weight)
+    set_mask(module, mask)

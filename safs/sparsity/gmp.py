@@ -1,0 +1,158 @@
+"""GMP: gradual magnitude pruning with the cubic schedule of Zhu & Gupta (2017).
+
+Reference: ``/work/shared/reference/sparse-methods.md`` §4.1 (not the STR repository's GMP
+conv type of §2.5, which recomputes its masks every forward at epoch granularity).
+
+**Schedule.** Over a training stage of ``T`` optimizer steps (``on_train_start``: steps per
+epoch × epochs), pruning starts at step ``t0 = round(start·T)`` and updates the masks every
+``Δt = frequency`` steps, ``n`` times, so it ends at ``t0 + n·Δt <= round(end·T)``::
+
+    s_t = s_f + (s_i − s_f) · (1 − (t_k − t0) / (n·Δt))³,   t_k = t0 + Δt·min(n, ⌊(t − t0)/Δt⌋)
+
+``s_i`` = ``initial_sparsity`` (also the sparsity before ``t0``), ``s_f`` = the target. ``t``
+counts the optimizer steps done in the stage, so ``s_t`` is the sparsity of the masks the
+forward of step ``t + 1`` uses; the masks are recomputed in ``after_step``. ``start`` and
+``end`` are **fractions of the stage** (0 <= start <= end <= 1), so the same options fit a
+one-epoch search candidate and a long final stage. ``Δt`` is clipped to the schedule's span
+(a short stage still prunes, at least in one step: ``n >= 1``).
+
+**Masks.** At each update, in every conv/linear layer (first conv and classifier included),
+the ⌊s_t·n⌋ smallest-|w| weights are masked; a masked weight stays exactly zero (gradients
+are masked before the optimizer step and weights after it, ``MaskKeeper``), so masks only
+grow. After ``t0 + n·Δt`` the masks are fixed at exactly ⌊s_f·n⌋ pruned weights per layer.
+
+**Stages.** ``prune()`` (the prune stage) prunes one-shot at the target, i.e. the schedule's
+end state. A model that arrives with masks (an earlier stage pruned it) keeps them: masks
+only grow, so a stage after the one that reached the target fine-tunes with fixed masks.
+
+**Resume.** ``state_dict`` holds the step; masks are ``weight_mask`` buffers of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from safs.sparsity.base import SparseMethod
+from safs.sparsity.masks import MASK, MaskKeeper, set_mask
+
+
+class GradualMagnitude(SparseMethod):
+    name = "gmp"
+    control = "exact"
+
+    def __init__(self, target: float, *, initial_sparsity: float = 0.0, start: float = 0.0, end: float = 0.5,
+                 frequency: int = 100, **unknown: Any):
+        if unknown:
+            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
+                             f"'{self.name}'; accepted: end, frequency, initial_sparsity, start")
+        super().__init__(target)
+        if not 0 <= target < 1:
+            raise ValueError(f"sparsity.target: {target} must lie in [0, 1)")
+        if not 0 <= initial_sparsity <= target:
+            raise ValueError(f"sparsity.options.initial_sparsity: {initial_sparsity} must lie in [0, target={target}]")
+        if not 0 <= start <= end <= 1:
+            raise ValueError(f"sparsity.options: start={start}, end={end}: need 0 <= start <= end <= 1 "
+                             "(fractions of the stage)")
+        if int(frequency) != frequency or frequency < 1:
+            raise ValueError(f"sparsity.options.frequency: {frequency} must be a positive integer (steps)")
+        self.initial_sparsity, self.start, self.end, self.frequency = initial_sparsity, start, end, int(frequency)
+        self.step = 0
+        self.total_steps: int | None = None
+        self._resume_step: int | None = None
+        self._model: nn.Module | None = None
+        self._applied: float | None = None  # schedule value the masks were last computed at
+
+    # --- schedule --------------------------------------------------------------------------
+    def _plan(self) -> tuple[int, int, int]:
+        """(t0, Δt, n) for the current stage."""
+        if self.total_steps is None:
+            raise RuntimeError("gmp: on_train_start(steps_per_epoch, epochs) must run before the schedule")
+        t0 = round(self.start * self.total_steps)
+        span = max(1, round(self.end * self.total_steps) - t0)
+        dt = min(self.frequency, span)
+        return t0, dt, max(1, span // dt)
+
+    def sparsity_at(self, step: int) -> float:
+        """The schedule's sparsity after ``step`` optimizer steps of this stage."""
+        t0, dt, n = self._plan()
+        if step < t0:
+            return self.initial_sparsity
+        k = min(n, (step - t0) // dt)
+        if k == 0:
+            return self.initial_sparsity  # exactly, not up to rounding
+        if k == n:
+            return self.target
+        return self.target + (self.initial_sparsity - self.target) * (1 - k / n) ** 3
+
+    @property
+    def current_sparsity(self) -> float:
+        return self.sparsity_at(self.step)
+
+    # --- hooks -------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> nn.Module:
+        for module in self.layers(model).values():
+            if not hasattr(module, MASK):
+                module.register_buffer(MASK, torch.ones_like(module.weight, dtype=torch.bool))
+        self._model = model
+        self._keeper = MaskKeeper(model)
+        return model
+
+    def prune(self, model: nn.Module, target: float | None = None) -> None:
+        self._apply(model, self.target if target is None else target)
+
+    @torch.no_grad()
+    def _apply(self, model: nn.Module, sparsity: float) -> None:
+        for module in self.layers(model).values():
+            old = getattr(module, MASK, None)
+            n = module.weight.numel()
+            k = int(sparsity * n)
+            score = module.weight.detach().abs()
+            if old is not None:
+                k = max(k, int((~old).sum()))  # masks only grow
+                score = torch.where(old, score, -1.0)  # pruned entries first, whatever their value
+            mask = torch.ones(n, dtype=torch.bool, device=score.device)
+            if k > 0:
+                mask[torch.argsort(score.flatten(), stable=True)[:k]] = False
+            set_mask(module, mask.view(score.shape))
+        self._keeper = MaskKeeper(model)
+        self._applied = sparsity
+
+    def on_train_start(self, steps_per_epoch: int, epochs: int, start_epoch: int = 0) -> None:
+        self.total_steps = steps_per_epoch * epochs
+        self.step = self._resume_step if self._resume_step is not None else start_epoch * steps_per_epoch
+        self._resume_step = None
+        self._update()
+
+    def after_step(self) -> None:
+        if self._keeper:
+            self._keeper.mask_weights()
+        self.step += 1
+        self._update()
+
+    def _update(self) -> None:
+        s = self.sparsity_at(self.step)
+        if s != self._applied:
+            if self._model is None:
+                raise RuntimeError("gmp: attach(model) must run before training")
+            self._apply(self._model, s)
+
+    # --- export and resume -------------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self, model: nn.Module) -> nn.Module:
+        final = copy.deepcopy(model)
+        for module in self.layers(final).values():
+            if hasattr(module, MASK):
+                module.weight.mul_(getattr(module, MASK))
+        return final
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "step" in state:
+            self._resume_step = int(state["step"])
+            self.step = self._resume_step
