@@ -232,9 +232,10 @@ def list_(what: str):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
-@click.option("--layout", type=click.Choice(["stages", "safs"]), default="stages", show_default=True,
+@click.option("--layout", type=click.Choice(["stages", "safs", "methods"]), default="stages", show_default=True,
               help="stages: one column per stage label; safs: the SAFS paper's Dense | Magnitude Pruning | "
-                   "Stage 1 | Stage 2 | SAFS (+Δ) table, mean ± std over seeds.")
+                   "Stage 1 | Stage 2 | SAFS (+Δ) table; methods: method × target with accuracy, achieved "
+                   "sparsity, non-zeros and sparse MACs. Mean ± std over seeds.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write to a file instead of stdout.")
 def table(paths, fmt: str, layout: str, out: Path | None):
     """Results table from run directories (test accuracy % at the best-validation epoch)."""

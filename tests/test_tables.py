@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from safs.report.rows import ROW_COLUMNS
-from safs.report.tables import safs_table, stages_table
+from safs.report.tables import methods_table, safs_table, stages_table
 
 
 def rows(pipeline, seed, accs, model="lenet5", dataset="mnist5k", target=0.99):
@@ -53,3 +53,19 @@ def test_stages_layout_has_one_column_per_label_in_stage_order():
     t = stages_table(frame(rows("a", 0, ACCS)))
     assert list(t.columns)[-6:] == list(ACCS)
     assert t.iloc[0]["SAFS"] == pytest.approx(56.0)
+
+
+def test_methods_layout_takes_each_pipelines_last_stage_with_mean_std():
+    def cell(pipeline, seed, method, target, acc, nnz):
+        r = rows(pipeline, seed, {"Dense": 0.98, "Magnitude Pruning": acc}, target=target)
+        for x in r[1:]:
+            x.update(method=method, nnz=nnz, params=1000, macs=5000, nnz_macs=nnz * 5)
+        r[0].update(params=1000, nnz=1000, macs=5000, nnz_macs=5000)
+        return r
+
+    t = methods_table(frame(cell("a", 0, "lwm", 0.9, 0.60, 100), cell("b", 1, "lwm", 0.9, 0.64, 100),
+                            cell("c", 0, "gmp", 0.9, 0.70, 100)))
+    assert list(t["method"]) == ["gmp", "lwm"]
+    lwm = t[t["method"] == "lwm"].iloc[0]
+    assert lwm["test acc %"] == "62.00 ± 2.83" and lwm["seeds"] == 2
+    assert lwm["sparse MACs"] == 500 and lwm["nnz"] == 100 and lwm["target %"] == 90.0

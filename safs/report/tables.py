@@ -72,7 +72,29 @@ def _mean_std(values: pd.Series, digits: int) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-LAYOUTS = {"stages": stages_table, "safs": safs_table}
+def methods_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """Method × target sparsity: the last stage of every pipeline (matrix cell), with test
+    accuracy (%, best-validation epoch), achieved sparsity (% of all conv+linear weights),
+    non-zero parameters and sparse MACs; mean ± std over seeds when there are several."""
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(variant=df["variant"].fillna(""))
+    last = df.sort_values("stage_index").groupby(["pipeline", "variant"], sort=False).tail(1)
+    rows = []
+    keys = ["model", "dataset", "method", "target_sparsity"]
+    for (model, dataset, method, target), g in last.groupby(keys, sort=False):
+        rows.append({
+            "model": model, "dataset": dataset, "method": method, "target %": round(target * 100, 2),
+            "test acc %": _mean_std(g["test_acc"] * 100, digits),
+            "sparsity %": _mean_std(g["achieved_sparsity"] * 100, digits),
+            "params": int(g["params"].iloc[0]), "nnz": int(g["nnz"].mean()),
+            "MACs": int(g["macs"].iloc[0]), "sparse MACs": int(g["nnz_macs"].mean()),
+            "seeds": g["seed"].nunique(),
+        })
+    return pd.DataFrame(rows).sort_values(["model", "method", "target %"], kind="stable").reset_index(drop=True)
+
+
+LAYOUTS = {"stages": stages_table, "safs": safs_table, "methods": methods_table}
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
