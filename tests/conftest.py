@@ -27,3 +27,14 @@ def safs_cmd() -> list[str]:
 def subprocess_env(**extra) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
     return env
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models train faster on one thread than on two contended ones."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,11 +15,8 @@ LENET_28 = {"conv1": 6 * 24 * 24 * 25, "conv2": 16 * 8 * 8 * 150, "fc1": 256 * 1
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def lenet(shape=(1, 28, 28)):

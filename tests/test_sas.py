@@ -22,12 +22,8 @@ IDS = ["lenet5", "vgg11", "resnet18", "resnet18-safs"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, above all on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def build(name, options=None, shape=SMALL, activation=None):

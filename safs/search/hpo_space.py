@@ -74,15 +74,9 @@ def list_spaces() -> list[str]:
 
 def resolve_space(name_or_path: str | Path, base_dir: Path | None = None) -> Path:
     """A built-in space name (``safs``) or a YAML path (relative to ``base_dir``)."""
-    if str(name_or_path) in list_spaces():
-        return SPACES_DIR / f"{name_or_path}.yaml"
-    p = Path(name_or_path).expanduser()
-    if not p.is_absolute() and base_dir is not None:
-        p = base_dir / p
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        return p.resolve()
-    raise ValueError(f"unknown HPO space '{name_or_path}'; accepted: {', '.join(list_spaces())}, "
-                     "or the path of a ConfigSpace YAML file")
+    from safs.search.space import resolve_yaml
+
+    return resolve_yaml(name_or_path, SPACES_DIR, "HPO space", base_dir)
 
 
 def paper_settings(key: str) -> dict:

@@ -23,14 +23,20 @@ def list_spaces() -> list[str]:
 
 def resolve_space(name_or_path: str, base_dir: Path | None = None) -> Path:
     """A built-in space name (``safs13``) or a YAML path (relative to ``base_dir``)."""
-    if name_or_path in list_spaces():
-        return SPACES_DIR / f"{name_or_path}.yaml"
+    return resolve_yaml(name_or_path, SPACES_DIR, "activation space", base_dir)
+
+
+def resolve_yaml(name_or_path: str | Path, builtin_dir: Path, what: str, base_dir: Path | None = None) -> Path:
+    """A built-in file of ``builtin_dir`` by stem, or a YAML path (relative to ``base_dir``)."""
+    builtins = sorted(f.stem for f in builtin_dir.glob("*.yaml"))
+    if str(name_or_path) in builtins:
+        return builtin_dir / f"{name_or_path}.yaml"
     p = Path(name_or_path).expanduser()
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p.resolve()
-    raise ValueError(f"unknown activation space '{name_or_path}'; accepted: {', '.join(list_spaces())}, "
+    raise ValueError(f"unknown {what} '{name_or_path}'; accepted: {', '.join(builtins)}, "
                      "or the path of a ConfigSpace YAML file")
 
 

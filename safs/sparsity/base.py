@@ -94,3 +94,31 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
         idx = torch.argsort(weight.detach().abs().flatten(), stable=True)[:k]
         mask[idx] = False
     return mask.view_as(weight)
+
+
+class StepScheduled(SparseMethod):
+    """A method whose masks follow a schedule over the stage's optimizer steps (GMP, ST-3).
+
+    ``step`` counts steps within the stage; a resumed stage continues from the saved step
+    (``_resume_step``, set by ``load_state_dict``) or from its resume epoch. ``_update()``
+    applies the schedule at the current step: at the start and after every step, so the
+    next forward sees it.
+    """
+
+    total_steps: int | None = None
+    step: int = 0
+    _resume_step: int | None = None
+
+    def on_train_start(self, steps_per_epoch: int, epochs: int, start_epoch: int = 0) -> None:
+        self.total_steps = steps_per_epoch * epochs
+        self.step = self._resume_step if self._resume_step is not None else start_epoch * steps_per_epoch
+        self._resume_step = None
+        self._update()
+
+    def after_step(self) -> None:
+        super().after_step()
+        self.step += 1
+        self._update()
+
+    def _update(self) -> None:
+        raise NotImplementedError

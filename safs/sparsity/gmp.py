@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from safs.sparsity.base import SparseMethod
+from safs.sparsity.base import StepScheduled
 from safs.sparsity.masks import MASK, MaskKeeper, set_mask
 
 
-class GradualMagnitude(SparseMethod):
+class GradualMagnitude(StepScheduled):
     name = "gmp"
     control = "exact"
 
@@ -120,18 +120,6 @@ class GradualMagnitude(SparseMethod):
             set_mask(module, mask.view(score.shape))
         self._keeper = MaskKeeper(model)
         self._applied = sparsity
-
-    def on_train_start(self, steps_per_epoch: int, epochs: int, start_epoch: int = 0) -> None:
-        self.total_steps = steps_per_epoch * epochs
-        self.step = self._resume_step if self._resume_step is not None else start_epoch * steps_per_epoch
-        self._resume_step = None
-        self._update()
-
-    def after_step(self) -> None:
-        if self._keeper:
-            self._keeper.mask_weights()
-        self.step += 1
-        self._update()
 
     def _update(self) -> None:
         s = self.sparsity_at(self.step)

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from safs.sparsity.base import SparseMethod
+from safs.sparsity.base import StepScheduled
 from safs.sparsity.masks import MASK, MaskKeeper, ReparamLayer, export_layer, has_pruned, reparametrize, set_mask, \
     straight_through
 
@@ -73,7 +73,7 @@ def _scale_shape(w: torch.Tensor) -> tuple[int, ...]:
     return (w.shape[0],) + (1,) * (w.dim() - 1)
 
 
-class SoftThreshold3(SparseMethod):
+class SoftThreshold3(StepScheduled):
     name = "st3"
     control = "exact"
     criterion = "l1"
@@ -220,18 +220,6 @@ class SoftThreshold3(SparseMethod):
         layers = list(self.layers(model).values())
         q = self.target if target is None else target
         self._fix(model, self._threshold(layers, q, grow=self.fixed))
-
-    def on_train_start(self, steps_per_epoch: int, epochs: int, start_epoch: int = 0) -> None:
-        self.total_steps = steps_per_epoch * epochs
-        self.step = self._resume_step if self._resume_step is not None else start_epoch * steps_per_epoch
-        self._resume_step = None
-        self._update()
-
-    def after_step(self) -> None:
-        if self._keeper:
-            self._keeper.mask_weights()
-        self.step += 1
-        self._update()
 
     def _update(self) -> None:
         if self.fixed:
