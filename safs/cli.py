@@ -231,27 +231,61 @@ def list_(what: str):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
-@click.option("--layout", type=click.Choice(["stages", "safs", "methods"]), default="stages", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv", "parquet"]), default="markdown",
+              show_default=True, help="latex: a booktabs tabular for \\input; parquet needs --out.")
+@click.option("--layout", type=click.Choice(["stages", "safs", "methods", "trials"]), default="stages",
+              show_default=True,
               help="stages: one column per stage label; safs: the SAFS paper's Dense | Magnitude Pruning | "
                    "Stage 1 | Stage 2 | SAFS (+Δ) table; methods: method × target with accuracy, achieved "
-                   "sparsity, non-zeros and sparse MACs. Mean ± std over seeds.")
+                   "sparsity, non-zeros and sparse MACs; trials: every trial of the search stages. "
+                   "Mean ± std over seeds.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write to a file instead of stdout.")
 def table(paths, fmt: str, layout: str, out: Path | None):
     """Results table from run directories (test accuracy % at the best-validation epoch)."""
     from safs.report.rows import load_results
-    from safs.report.tables import LAYOUTS, render
+    from safs.report.tables import LAYOUTS, render, trials_table
 
-    df = load_results(*paths)
-    if df.empty:
-        _fail(f"no finished stages under {', '.join(map(str, paths))}")
-    text = render(LAYOUTS[layout](df), fmt)
+    if layout == "trials":
+        frame = trials_table(paths)
+        if frame.empty:
+            _fail(f"no search stages under {', '.join(map(str, paths))}")
+    else:
+        df = load_results(*paths)
+        if df.empty:
+            _fail(f"no finished stages under {', '.join(map(str, paths))}")
+        frame = LAYOUTS[layout](df)
+    if fmt == "parquet":
+        if out is None:
+            _fail("--format parquet: needs --out FILE")
+        from safs.io import write_parquet
+
+        write_parquet(out, frame)
+        return
+    text = render(frame, fmt)
     if out:
         from safs.io import write_text
 
         write_text(out, text if text.endswith("\n") else text + "\n")
     else:
         click.echo(text)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--kind", type=click.Choice(["sparsity", "search", "curves"]), required=True,
+              help="sparsity: test accuracy vs sparsity per method; search: best-so-far score vs candidates "
+                   "and vs epochs per search stage; curves: per-epoch train/val accuracy per stage.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="FILE.png or FILE.pdf")
+def plot(paths, kind: str, out: Path):
+    """A figure from run directories, sized for a paper column."""
+    from safs.report.plots import plot as draw
+
+    try:
+        draw(kind, paths, out)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"safs: wrote {out}")
+
 
 if __name__ == "__main__":
     main()

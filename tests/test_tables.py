@@ -69,3 +69,20 @@ def test_methods_layout_takes_each_pipelines_last_stage_with_mean_std():
     lwm = t[t["method"] == "lwm"].iloc[0]
     assert lwm["test acc %"] == "62.00 ± 2.83" and lwm["seeds"] == 2
     assert lwm["sparse MACs"] == 500 and lwm["nnz"] == 100 and lwm["target %"] == 90.0
+
+
+def test_latex_is_a_balanced_booktabs_tabular_with_escapes():
+    from safs.report.tables import latex
+
+    t = safs_table(frame(rows("a", 0, ACCS), rows("b", 1, ACCS)))
+    t.loc[0, "model"] = "my_model & co"
+    text = latex(t)
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("\\begin{tabular}{") and lines[-1] == "\\end{tabular}"
+    assert text.count("\\begin{tabular}") == text.count("\\end{tabular}") == 1
+    assert [ln for ln in lines if ln in ("\\toprule", "\\midrule", "\\bottomrule")] == ["\\toprule", "\\midrule", "\\bottomrule"]
+    assert "my\\_model \\& co" in text and "target \\%" in text and "$\\pm$" in text
+    n_cols = len(t.columns)
+    for ln in lines[2:-2]:
+        if ln != "\\midrule":
+            assert ln.endswith("\\\\") and ln.count(" & ") == n_cols - 1

@@ -94,7 +94,33 @@ def methods_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["model", "method", "target %"], kind="stable").reset_index(drop=True)
 
 
+def trials_table(paths) -> pd.DataFrame:
+    """Every trial of every search stage (activation search and HPO) under ``paths``, from
+    the stages' ``trials.parquet``: its configuration, status, epochs and score."""
+    from pathlib import Path
+
+    frames = []
+    for p in map(Path, paths):
+        for f in sorted(p.glob("**/trials.parquet")) if p.is_dir() else []:
+            if "tune" in f.parts:
+                continue
+            t = pd.read_parquet(f)
+            stage_dir = f.parent.name  # NN-<stage>-<hash>
+            t.insert(0, "run", f.parent.parent.name)
+            t.insert(1, "stage", stage_dir.split("-", 1)[1].rsplit("-", 1)[0])
+            t["candidate"] = t["genome"].fillna(t["config"])
+            frames.append(t)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    out["score"] = (out["score"] * 100).round(2)
+    return out[["run", "stage", "token", "status", "epochs", "score", "wall_s", "candidate", "error"]]
+
+
 LAYOUTS = {"stages": stages_table, "safs": safs_table, "methods": methods_table}
+
+
+FORMATS = ("markdown", "latex", "csv", "parquet")
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -102,4 +128,25 @@ def render(table: pd.DataFrame, fmt: str) -> str:
         return table.to_csv(index=False)
     if fmt == "markdown":
         return table.to_markdown(index=False, floatfmt=".2f")
-    raise ValueError(f"--format: unknown format '{fmt}'; accepted: markdown, csv")
+    if fmt == "latex":
+        return latex(table)
+    raise ValueError(f"--format: unknown format '{fmt}'; accepted: {', '.join(FORMATS)}")
+
+
+def latex(table: pd.DataFrame) -> str:
+    """A booktabs tabular, ready for ``\\input`` (no float environment, no pandas Styler)."""
+    def cell(v) -> str:
+        if isinstance(v, float):
+            v = f"{v:.2f}"
+        text = str(v).replace("\\", "\\textbackslash{}")
+        for ch in "&%$#_{}":
+            text = text.replace(ch, "\\" + ch)
+        return text.replace("±", "$\\pm$").replace("~", "\\textasciitilde{}").replace("^", "\\textasciicircum{}")
+
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    spec = "".join("r" if n else "l" for n in numeric)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+             " & ".join(cell(c) for c in table.columns) + " \\\\", "\\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
