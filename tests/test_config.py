@@ -153,8 +153,8 @@ def test_help_is_fast_and_light():
 def test_example_pipelines_validate():
     from safs.config import load_pipelines
 
-    files = sorted((ROOT / "experiments").glob("*.yaml"))
-    assert len(files) >= 3
+    files = sorted((ROOT / "experiments").rglob("*.yaml"))
+    assert len(files) >= 7
     for f in files:
         cfgs, _ = load_pipelines(f)
         assert cfgs
