@@ -52,11 +52,17 @@ def search_plot(trials: pd.DataFrame):
     """Best-so-far score vs evaluated candidates and vs training epochs spent, one line per
     search stage (``trials``: the ``trials`` table layout)."""
     fig, (by_count, by_epochs) = _figure(ncols=2)
-    for (run, stage), t in trials.groupby(["run", "stage"], sort=False):
+    if "stage_hash" not in trials:
+        trials = trials.assign(stage_hash="")
+    cells = trials.groupby(["run", "stage"])["stage_hash"].nunique()
+    for (run, stage, h), t in trials.groupby(["run", "stage", "stage_hash"], sort=False):
         t = t.sort_values("token")
         ok = t["score"].where(t["status"] == "done")
         best = ok.cummax().ffill()
         label = f"{run}/{stage}" if trials["run"].nunique() > 1 else stage
+        if cells[(run, stage)] > 1:  # the same stage in several matrix cells
+            variant = t["variant"].iloc[0] if "variant" in t and t["variant"].notna().any() else None
+            label += f" [{variant}]" if variant else f" {h}"
         by_count.plot(range(1, len(t) + 1), best, label=label, drawstyle="steps-post")
         by_epochs.plot(t["epochs"].cumsum(), best, label=label, drawstyle="steps-post")
     by_count.set_xlabel("candidates evaluated")

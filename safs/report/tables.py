@@ -108,13 +108,32 @@ def trials_table(paths) -> pd.DataFrame:
             stage_dir = f.parent.name  # NN-<stage>-<hash>
             t.insert(0, "run", f.parent.parent.name)
             t.insert(1, "stage", stage_dir.split("-", 1)[1].rsplit("-", 1)[0])
+            t.insert(2, "stage_hash", stage_dir.rsplit("-", 1)[1])  # matrix cells share stage names
+            t.insert(3, "variant", _variants(f.parent.parent).get(stage_dir))
             t["candidate"] = t["genome"].fillna(t["config"])
             frames.append(t)
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
     out["score"] = (out["score"] * 100).round(2)
-    return out[["run", "stage", "token", "status", "epochs", "score", "wall_s", "candidate", "error"]]
+    return out[["run", "variant", "stage", "stage_hash", "token", "status", "epochs", "score", "wall_s", "candidate", "error"]]
+
+
+def _variants(run_dir) -> dict[str, str]:
+    """Stage directory name -> the matrix cell(s) using it, for a run directory."""
+    from safs.config import ConfigError, load_pipelines
+    from safs.pipeline import plan
+
+    try:
+        cfgs, _ = load_pipelines(run_dir / "pipeline.yaml")
+    except (ConfigError, ValueError, OSError):
+        return {}
+    out: dict[str, str] = {}
+    for cfg in cfgs:
+        for st in plan(cfg, run_dir.parent):
+            if cfg.variant:
+                out[st.dir.name] = f"{out[st.dir.name]};{cfg.variant}" if st.dir.name in out else cfg.variant
+    return out
 
 
 LAYOUTS = {"stages": stages_table, "safs": safs_table, "methods": methods_table}
