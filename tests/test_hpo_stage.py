@@ -101,8 +101,8 @@ def test_safs_pipeline_fills_the_five_columns(tmp_path, ray_tmp):
     # α, β were learned in Stage 2 (trainable, own parameter group): some moved away from 1.
     import torch
 
-    sd = torch.load(run_dir / next(d for d in recs if d.split("-")[1] == "final") / "model.pt",
-                    weights_only=True)["state_dict"]
+    final_model = run_dir / next(d for d in recs if d.split("-")[1] == "final") / "model.pt"
+    sd = torch.load(final_model, weights_only=True)["state_dict"]
     scales = [float(v) for k, v in sd.items() if k.endswith((".alpha", ".beta"))]
     assert scales and any(abs(s - 1.0) > 1e-6 for s in scales)
     # Sparsity is the same through every sparse stage.

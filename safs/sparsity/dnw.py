@@ -1,5 +1,5 @@
 """DNW: Discovering Neural Wirings (Wortsman et al. 2019), as the DNW conv type of the STR
-repository (reference ``/work/shared/reference/sparse-methods.md`` §2.5).
+repository (reference the sparse-methods reference specification §2.5).
 
 Every conv/linear layer (first conv and classifier included) keeps its dense weight ``W``.
 Its forward uses ``W`` with the ⌊p·n⌋ smallest-|w| entries of the layer zeroed, recomputed

@@ -1,6 +1,6 @@
 """GMP: gradual magnitude pruning with the cubic schedule of Zhu & Gupta (2017).
 
-Reference: ``/work/shared/reference/sparse-methods.md`` §4.1 (not the STR repository's GMP
+Reference: the sparse-methods reference specification §4.1 (not the STR repository's GMP
 conv type of §2.5, which recomputes its masks every forward at epoch granularity).
 
 **Schedule.** Over a training stage of ``T`` optimizer steps (``on_train_start``: steps per

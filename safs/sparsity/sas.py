@@ -1,6 +1,6 @@
 """SAS: Structured Activation Sparsification, the 1:2 case (Sekikawa & Yashima, ICLR 2024).
 
-Reference: ``/work/shared/reference/sparse-methods.md`` §6 (and §8.3 item 1: SAS is an
+Reference: the sparse-methods reference specification §6 (and §8.3 item 1: SAS is an
 architecture transform, not weight sparsity).
 
 **Layer math.** A converted layer projects its input ``x`` (``[B, C, H, W]`` or ``[B, F]``)

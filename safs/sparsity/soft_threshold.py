@@ -1,6 +1,6 @@
 """STR: Soft Threshold weight Reparameterization (Kusupati et al., ICML 2020).
 
-Reference: ``/work/shared/reference/sparse-methods.md`` §2.1–§2.4.
+Reference: the sparse-methods reference specification §2.1–§2.4.
 
 Every conv/linear layer ℓ (first conv and classifier included, as in STR's configs) gets one
 learnable scalar ``s_ℓ`` (the parameter ``sparse_threshold``, fp32, initialised to

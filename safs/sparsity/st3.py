@@ -1,6 +1,6 @@
 """ST-3 and ST-3σ: straight-through soft thresholding (Vanderschueren & De Vleeschouwer, WACV 2023).
 
-Reference: ``/work/shared/reference/sparse-methods.md`` §3.1–§3.3.
+Reference: the sparse-methods reference specification §3.1–§3.3.
 
 **Layer.** Every conv/linear layer (first conv and classifier included) keeps its raw weight
 ``W`` and three buffers: a mask ``weight_mask`` (m), a threshold ``st3_threshold`` (θ_ℓ) and a

@@ -2,7 +2,7 @@
 
 Always applied to the finalized model (plain conv/linear modules with zeros in ``weight``),
 never computed by a method itself, so every method is measured the same way
-(reference: ``/work/shared/reference/sparse-methods.md`` §1.1, §1.2).
+(reference: the sparse-methods reference specification §1.1, §1.2).
 
 * **Layers**: every ``nn.Conv2d`` / ``nn.Linear`` (``safs.models.prunable_layers``), first
   conv and classifier included. Weight entries only; biases, BN and slot scales are never
