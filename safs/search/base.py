@@ -91,15 +91,22 @@ def neighbour(space: GenomeSpace, genome: Genome, rng: random.Random) -> Genome:
     return out
 
 
-def sanitize(score: Any) -> float:
-    """``None``, non-numbers, NaN and ±inf all mean the trial failed."""
+def finite_score(score: Any) -> float | None:
+    """A reported score as a float; ``None`` when it means the trial failed (``None``,
+    non-numbers, NaN, ±inf). The one rule for what counts as a score."""
     if score is None:
-        return FAILED
+        return None
     try:
         value = float(score)
     except (TypeError, ValueError):
-        return FAILED
-    return value if math.isfinite(value) else FAILED
+        return None
+    return value if math.isfinite(value) else None
+
+
+def sanitize(score: Any) -> float:
+    """A score for the genome optimizers: a failure is ``FAILED`` (-inf)."""
+    value = finite_score(score)
+    return FAILED if value is None else value
 
 
 def encode_score(score: float) -> float | None:

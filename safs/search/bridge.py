@@ -18,13 +18,12 @@ Rules that keep a search alive and resumable (Ray 2.60 behaviour):
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
 
-from safs.search.base import AskTellOptimizer
+from safs.search.base import AskTellOptimizer, finite_score
 
 STATE_VERSION = 1
 
@@ -82,12 +81,7 @@ class AskTellSearcher(Searcher):
     def score_of(self, result: dict | None, error: bool) -> float | None:
         if error or not result or result.get("failed"):
             return None
-        value = result.get(self._metric or "score")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return None
-        return value if math.isfinite(value) else None
+        return finite_score(result.get(self._metric or "score"))
 
     # -- persistence ---------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:

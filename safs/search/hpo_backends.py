@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import math
 from typing import Any
 
 BACKENDS: dict[str, str] = {
@@ -60,14 +59,11 @@ def plain(value: Any) -> Any:
 
 
 def finite_score(score: Any) -> float | None:
-    """A told score as a float; ``None`` when the trial failed (``None``, NaN, ±inf, junk)."""
-    if score is None or isinstance(score, bool):
-        return None
-    try:
-        value = float(score)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    """A told score as a float; ``None`` when the trial failed (``None``, NaN, ±inf, junk;
+    a bool is junk here too)."""
+    from safs.search.base import finite_score as number
+
+    return None if isinstance(score, bool) else number(score)
 
 
 def space_digest(space: Any) -> str:
