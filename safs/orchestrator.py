@@ -1,8 +1,12 @@
-"""Ray glue: start or join Ray, run one Tune experiment per stage, restore interrupted ones.
+"""Ray glue: start or join Ray, run each stage as Tune experiments, continue stopped ones.
 
-Every stage is a Tune experiment stored in ``<stage dir>/tune``. A stage that was interrupted
-(SIGINT, SIGTERM, SIGKILL of the driver) is continued with ``Tuner.restore``; its trial
-resumes from its last epoch checkpoint.
+Each run of a stage is a fresh Tune experiment, ``<stage dir>/tune/attempt-N``. A stage that
+was stopped (SIGINT, SIGTERM, ``ray job stop``, SIGKILL of the driver) continues in the next
+attempt from files safs wrote itself: a training trial from its newest loadable epoch
+checkpoint (``torch.load(weights_only=True)``), a search from the searcher's JSON state, its
+running candidates requeued to resume from their checkpoints. safs never calls
+``Tuner.restore``, which would unpickle ``tuner.pkl`` and the experiment state from the
+results directory (and freezes the Tune config, ray-project/ray#42221).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from safs.pipeline import StagePlan
+from safs.pipeline import SEARCH_STATE, StagePlan
 
 log = logging.getLogger("safs")
 
@@ -37,20 +41,31 @@ class StageInterrupted(RuntimeError):
 
 
 def ensure_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> None:
+    """Join the cluster at ``address``, or start a local Ray that listens on 127.0.0.1 only
+    (no dashboard, no job server) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` says otherwise."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, logging_level=logging.INFO if verbose else logging.ERROR,
-                  log_to_driver=verbose)
+    kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), **kwargs)
+        forward_sigterm()
+        return
+    # Ray's switch for "local only": node IP 127.0.0.1, so GCS, raylet and agents bind to the
+    # loopback instead of every interface. Child processes read it from the environment.
+    from ray._private import ray_constants
+
+    os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR].lower() in ("1", "true")
+    ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False, **kwargs)
+    forward_sigterm()
 
 
 def forward_sigterm() -> None:
-    """Tune checkpoints gracefully on SIGINT only; treat SIGTERM (``ray job stop``, kill) the same."""
+    """Tune checkpoints gracefully on SIGINT only; treat SIGTERM (``ray job stop``, kill) the
+    same. Called again after ``ray.init``, whose core worker installs a SIGTERM handler that
+    aborts the process."""
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
 
 
@@ -101,12 +116,12 @@ def _progress_callback(stage: StagePlan, quiet: bool):
     return Progress()
 
 
-def _run_config(stage: StagePlan, spec: dict, quiet: bool):
+def _run_config(stage: StagePlan, spec: dict, quiet: bool, attempt: str):
     from ray import tune
 
     return tune.RunConfig(
-        name="tune",
-        storage_path=str(_experiment_dir(stage).parent),
+        name=attempt,
+        storage_path=str(stage.dir.resolve() / "tune"),  # Tune takes URIs: a relative path has no scheme
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if stage.kind == "activation_search" else 2),
         failure_config=tune.FailureConfig(max_failures=spec["resources"]["max_failures"]),
@@ -114,8 +129,11 @@ def _run_config(stage: StagePlan, spec: dict, quiet: bool):
     )
 
 
-def _experiment_dir(stage: StagePlan) -> Path:
-    return stage.dir.resolve() / "tune"  # Tune takes URIs: a relative path has no scheme
+def _next_attempt(stage: StagePlan) -> str:
+    from safs.search.trials import attempt_dirs
+
+    done = attempt_dirs(stage.dir)
+    return f"attempt-{int(done[-1].name.rsplit('-', 1)[-1]) + 1 if done else 1}"
 
 
 def _trainable(spec: dict):
@@ -127,27 +145,20 @@ def _trainable(spec: dict):
     return tune.with_resources(trainable, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
 
 
-def _restore(stage: StagePlan, fn):
-    from ray import tune
-
-    exp = _experiment_dir(stage)
-    if tune.Tuner.can_restore(str(exp)):
-        log.info("restoring %s from %s", stage.name, exp)
-        return tune.Tuner.restore(str(exp), trainable=fn, resume_errored=True)
-    return None
-
-
 def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
-    """Run (or restore) the one-trial Tune experiment of ``stage``; return (Result, wall seconds)."""
+    """Run the one-trial Tune experiment of ``stage``, continuing from the newest checkpoint of
+    earlier attempts; return (Result, wall seconds)."""
     from ray import tune
 
-    fn = _trainable(spec)
-    tuner = _restore(stage, fn) or tune.Tuner(
-        fn,
-        param_space={"spec": spec},
+    from safs.search.trials import trial_dirs
+
+    earlier = [str(d) for d in reversed(trial_dirs(stage.dir))]  # newest first
+    tuner = tune.Tuner(
+        _trainable(spec),
+        param_space={"spec": spec, "resume_from": earlier},
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True,
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=_run_config(stage, spec, quiet),
+        run_config=_run_config(stage, spec, quiet, _next_attempt(stage)),
     )
     t0 = time.time()
     grid = tuner.fit()
@@ -161,43 +172,54 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
     return result, time.time() - t0
 
 
-def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool = False):
-    """Run (or restore) a search stage: a Tune experiment whose trials an ask/tell optimizer
-    (``make_optimizer()``, called only for a fresh start) proposes through
-    :class:`safs.search.bridge.AskTellSearcher`. Returns (ResultGrid, wall seconds)."""
+def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool = False) -> tuple[dict, float]:
+    """Run a search stage: a Tune experiment whose trials an ask/tell optimizer
+    (``make_optimizer()``) proposes through :class:`safs.search.bridge.AskTellSearcher`.
+    A stopped search continues from its JSON state. Returns (final searcher state, wall seconds)."""
     from ray import tune
 
-    from safs.search.bridge import AskTellSearcher, read_saved_state
+    from safs.io import read_json
+    from safs.search.bridge import AskTellSearcher
+    from safs.search.trials import trial_dirs
 
     st = spec["stage"]
-    fn = _trainable(spec)
-    tuner = _restore(stage, fn)
-    if tuner is None:
-        optimizer = make_optimizer()
-        parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
-        if optimizer.max_parallel() is not None:
-            parallel = min(parallel, optimizer.max_parallel())
-        scheduler = None
-        if st.get("fidelity"):
-            from ray.tune.schedulers import ASHAScheduler
+    state_path = stage.dir / SEARCH_STATE
+    optimizer = make_optimizer()
+    parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
+    if optimizer.max_parallel() is not None:
+        parallel = min(parallel, optimizer.max_parallel())
+    searcher = AskTellSearcher(optimizer, parallel, state_path=state_path,
+                               locate=lambda ids: [str(d) for d in reversed(trial_dirs(stage.dir, ids))])
+    state = read_json(state_path)
+    if state is not None:
+        searcher.set_state(state)
+        searcher.max_concurrent = parallel  # may differ from the stopped run's: it changes no result
+        requeued = searcher.requeue_live()
+        log.info("%s: continuing after %d candidates; %d rerun from their checkpoints",
+                 stage.name, len(searcher.told), len(requeued))
+    scheduler = None
+    if st.get("fidelity"):
+        from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=st["epochs_per_candidate"],
-                                      grace_period=st["fidelity"]["min_epochs"],
-                                      reduction_factor=st["fidelity"]["reduction_factor"])
-        tuner = tune.Tuner(
-            fn,
-            param_space={"spec": spec},
-            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=-1, reuse_actors=True,
-                                        search_alg=AskTellSearcher(optimizer, parallel), scheduler=scheduler,
-                                        trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-            run_config=_run_config(stage, spec, quiet),
-        )
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=st["epochs_per_candidate"],
+                                  grace_period=st["fidelity"]["min_epochs"],
+                                  reduction_factor=st["fidelity"]["reduction_factor"])
+    tuner = tune.Tuner(
+        _trainable(spec),
+        param_space={"spec": spec},
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=-1, reuse_actors=True,
+                                    search_alg=searcher, scheduler=scheduler,
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=_run_config(stage, spec, quiet, _next_attempt(stage)),
+    )
     t0 = time.time()
-    grid = tuner.fit()
-    state = read_saved_state(_experiment_dir(stage)) or {}
-    if not (state.get("finished") and not state.get("live")):
+    tuner.fit()
+    # Tune drives its own copy of the searcher (it pickles it into the experiment); the file
+    # holds the state of the one that ran.
+    state = read_json(state_path) or {}
+    if not (state.get("finished") and not state.get("live") and not state.get("pending")):
         raise StageInterrupted(f"stage '{stage.name}' stopped after {len(state.get('told', {}))} candidates")
-    return grid, time.time() - t0
+    return state, time.time() - t0
 
 
 def _last_line(error: BaseException) -> str:

@@ -24,6 +24,7 @@ MODEL = "model.pt"
 DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final",
                   "search": "Stage 1 search", "hpo": "Stage 2 search"}
 TRIALS = "trials.parquet"
+SEARCH_STATE = "search_state.json"  # the searcher's JSON state, rewritten on every change
 SEARCH_KINDS = ("activation_search", "hpo")  # stages whose trials a searcher proposes
 # Settings that change neither a stage's result nor its meaning: left out of its hash.
 _UNHASHED = {"name", "label", "space", "max_concurrent", "input", "settings_from"}
@@ -137,7 +138,7 @@ def is_done(stage: StagePlan) -> bool:
 def epochs_completed(stage: StagePlan) -> int:
     """Epochs a (possibly interrupted) stage has reported, from its Tune trial logs."""
     best = 0
-    for result in (stage.dir / "tune").glob("*/result.json"):
+    for result in (stage.dir / "tune").glob("*/trial_*/result.json"):
         try:
             lines = result.read_text().strip().splitlines()
             if lines:
@@ -147,9 +148,25 @@ def epochs_completed(stage: StagePlan) -> int:
     return best
 
 
+def damage(stage: StagePlan) -> str | None:
+    """Why a finished stage's ``model.pt`` cannot be trusted (``None`` when it can): its
+    SHA-256 must match the one ``stage.json`` recorded when the stage finished."""
+    from safs.io import sha256
+
+    expected = (read_record(stage) or {}).get("model_sha256")
+    if not stage.model_path.is_file():
+        return f"{MODEL} is missing"
+    actual = sha256(stage.model_path)
+    if expected and actual != expected:
+        return (f"{MODEL} does not match its checksum in {RECORD} (sha256 {actual[:12]}, recorded "
+                f"{expected[:12]}): truncated or corrupt")
+    return None
+
+
 def stage_status(stage: StagePlan) -> str:
     if is_done(stage):
-        return "done"
+        why = damage(stage)
+        return f"corrupt ({why}; the next run reruns it)" if why else "done"
     if not stage.dir.exists():
         return "pending"
     rec = read_record(stage) or {}
@@ -158,61 +175,120 @@ def stage_status(stage: StagePlan) -> str:
     if stage.kind == "train":
         return f"partial (epoch {epochs_completed(stage)} of {stage.epochs})"
     if stage.kind in SEARCH_KINDS:
-        tried = sum(1 for _ in (stage.dir / "tune").glob("trial_*/result.json"))
-        return f"partial ({tried} candidates started)"
+        told = len(((read_json(stage.dir / SEARCH_STATE) or {}).get("told") or {}))
+        return f"partial ({told} candidates finished)"
     return "partial"
 
 
 # --------------------------------------------------------------------------- running
 
 def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, num_cpus: float | None = None,
-        quiet: bool = False, verbose: bool = False, echo=print, stored: dict | None = None) -> list[StagePlan]:
+        quiet: bool = False, verbose: bool = False, echo=print, stored: dict | None = None,
+        rerun: set[str] | None = None) -> list[StagePlan]:
     """Run every stage that is not done yet, in order. Done stages are skipped; interrupted
-    ones are restored from their Tune state; a changed stage gets a new hash and directory."""
-    import time
+    ones continue where they stopped; a changed stage gets a new hash and directory. A done
+    stage whose model fails its checksum, or whose input was rerun, runs again.
 
+    ``rerun``: names of stage directories (re)trained so far, shared by the matrix cells of
+    one ``safs run``; this run adds its own."""
     import yaml
 
     from safs import orchestrator
-    from safs.io import write_json, write_text
+    from safs.io import exclusive, write_text
 
     plans = plan(cfg, results_root)
     run_dir = Path(results_root) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "pipeline.yaml", yaml.safe_dump(stored or cfg.model_dump(mode="json"), sort_keys=False))
     orchestrator.forward_sigterm()
-    started_ray = False
+    rerun = set() if rerun is None else rerun
     for st in plans:
         tag = f"[{st.index + 1:02d}] {st.name:<12}"
-        if is_done(st):
-            echo(f"{tag} done (cached)  {_summary(read_record(st))}")
-            continue
-        if not started_ray:
-            orchestrator.ensure_ray(address, num_cpus, verbose)
-            started_ray = True
-        source = plans[st.input_index] if st.input_index is not None else None
-        spec = dict(st.spec, input=str(source.model_path.resolve()) if source else None)
-        if st.spec["stage"].get("settings_from"):
-            spec["stage"] = _with_incumbent(spec["stage"], next(p for p in plans if p.name == st.spec["stage"]["settings_from"]))
-        record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
-                  "settings": spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time()}
-        previous_record = read_record(st) or {}
-        record["attempts"] = int(previous_record.get("attempts", 0)) + 1
-        write_json(st.record_path, record)
-        try:
-            if st.kind in SEARCH_KINDS:
-                rec = _run_search(st, spec, record, quiet)
-            else:
-                result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
-                rec = _complete(st, spec, record, result.checkpoint, result.metrics.get("trial_id", ""), wall)
-        except orchestrator.StageFailed as e:
-            write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
-            raise
-        except orchestrator.StageInterrupted as e:
-            write_json(st.record_path, {**record, "status": "interrupted", "error": str(e)})
-            raise
-        echo(f"{tag} done in {rec['wall_s']:.1f}s  {_summary(rec)}")
+        # Matrix cells running in parallel share prefix stages: one of them trains a shared
+        # stage, the others wait for it and then find it done.
+        with exclusive(run_dir / ".locks" / f"{st.dir.name}.lock", wait=True,
+                       on_wait=lambda: echo(f"{tag} waiting: another process is running this stage")):
+            _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: orchestrator.ensure_ray(address, num_cpus, verbose),
+                       quiet, echo)
     return plans
+
+
+def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_dir: Path, rerun: set[str], tag: str,
+               ray_up, quiet: bool, echo) -> None:
+    import time
+
+    from safs import orchestrator
+    from safs.io import write_json
+
+    if is_done(st):
+        why = _stale(st, plans, rerun)
+        if why is None:
+            echo(f"{tag} done (cached)  {_summary(read_record(st))}")
+            return
+        kept = _set_aside(st, run_dir)
+        echo(f"{tag} rerunning: {why} (old directory kept as {kept.relative_to(run_dir)})")
+    rerun.add(st.dir.name)
+    ray_up()
+    source = plans[st.input_index] if st.input_index is not None else None
+    spec = dict(st.spec, input=str(source.model_path.resolve()) if source else None)
+    if st.spec["stage"].get("settings_from"):
+        spec["stage"] = _with_incumbent(spec["stage"], next(p for p in plans if p.name == st.spec["stage"]["settings_from"]))
+    record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
+              "settings": spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time(),
+              "input_sha256": (read_record(source) or {}).get("model_sha256") if source else None}
+    previous_record = read_record(st) or {}
+    record["attempts"] = int(previous_record.get("attempts", 0)) + 1
+    write_json(st.record_path, record)
+    try:
+        if st.kind in SEARCH_KINDS:
+            rec = _run_search(st, spec, record, quiet)
+        else:
+            result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
+            rec = _complete(st, spec, record, Path(result.checkpoint.path), result.metrics.get("trial_id", ""), wall)
+    except orchestrator.StageFailed as e:
+        write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
+        raise
+    except orchestrator.StageInterrupted as e:
+        write_json(st.record_path, {**record, "status": "interrupted", "error": str(e)})
+        raise
+    echo(f"{tag} done in {rec['wall_s']:.1f}s  {_summary(rec)}")
+
+
+def _dependencies(st: StagePlan, plans: list[StagePlan]) -> list[StagePlan]:
+    """The stages whose output ``st`` uses: its input model and its ``settings_from`` stage."""
+    deps = [plans[st.input_index]] if st.input_index is not None else []
+    source = st.spec["stage"].get("settings_from")
+    return deps + [p for p in plans if p.name == source]
+
+
+def _stale(st: StagePlan, plans: list[StagePlan], rerun: set[str]) -> str | None:
+    """Why a finished stage must run again (``None``: it stays cached)."""
+    if st.dir.name in rerun:
+        return None  # made by this run (for another matrix cell)
+    for dep in _dependencies(st, plans):
+        if dep.dir.name in rerun:
+            return f"stage '{dep.name}' it depends on was rerun"
+    if st.input_index is not None:
+        recorded = (read_record(st) or {}).get("input_sha256")
+        current = (read_record(plans[st.input_index]) or {}).get("model_sha256")
+        if recorded and recorded != current:
+            return f"its input (stage '{plans[st.input_index].name}') is not the model it was trained from"
+    return damage(st)
+
+
+def _set_aside(st: StagePlan, run_dir: Path) -> Path:
+    """Move a stage directory that must rerun out of the way, keeping it (results are never
+    deleted): ``<run>/.replaced/<stage dir>-<time>``."""
+    import time
+
+    dest = run_dir / ".replaced" / f"{st.dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(exist_ok=True)
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{dest.name.rsplit('.', 1)[0]}.{n}")
+    st.dir.rename(dest)
+    return dest
 
 
 def _with_incumbent(settings: dict, hpo: StagePlan) -> dict:
@@ -231,28 +307,30 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     """Run the search, write ``trials.parquet``, keep the best candidate as the stage's model."""
     from safs import orchestrator
     from safs.io import write_parquet
-    from safs.search.trials import best_trial, trials_frame
+    from safs.search.trials import best_candidate, trials_frame
 
-    grid, wall = orchestrator.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
-    trials = trials_frame(grid)
+    state, wall = orchestrator.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
+    stage = spec["stage"]
+    # Only the candidates the optimizer was told about: a rerun candidate's earlier, stopped
+    # trial is merged into its row.
+    trials = trials_frame(st.dir, stage, {int(v["token"]) for v in state["told"].values()})
     write_parquet(st.dir / TRIALS, trials)
-    best = best_trial(grid)
+    best = best_candidate(trials, st.dir)
     if best is None:
         raise orchestrator.StageFailed(f"stage '{st.name}' failed: no candidate finished "
                                        f"({len(trials)} tried; see {st.dir / TRIALS})")
-    stage = spec["stage"]
+    row, checkpoint = best
     search = {"algorithm": stage.get("algorithm") or stage.get("backend"), "candidates": len(trials),
               "by_status": trials["status"].value_counts().to_dict(),
-              "epochs_spent": int(trials["epochs"].sum()), "best_score": best.metrics["score"]}
-    candidate = best.config["candidate"]
-    if "genome" in candidate:
-        search["best_genome"] = candidate["genome"]
+              "epochs_spent": int(trials["epochs"].sum()), "best_score": row["score"]}
+    if row["genome"] is not None:
+        search["best_genome"] = json.loads(row["genome"])
     else:
         from safs.stages.hpo import trial_settings
 
-        search["incumbent"] = candidate["config"]
-        search["incumbent_settings"] = trial_settings(stage, candidate["config"])
-    return _complete(st, spec, {**record, "search": search}, best.checkpoint, best.metrics.get("trial_id", ""), wall)
+        search["incumbent"] = json.loads(row["config"])
+        search["incumbent_settings"] = trial_settings(stage, search["incumbent"])
+    return _complete(st, spec, {**record, "search": search}, checkpoint, row["trial_id"], wall)
 
 
 def _optimizer(spec: dict):
@@ -275,8 +353,9 @@ def _optimizer(spec: dict):
     return create_backend(st["backend"], cs, seed, backend_options_for(st))
 
 
-def _complete(st: StagePlan, spec: dict, record: dict, checkpoint, trial_id: str, wall: float) -> dict:
-    """Copy the stage's model out of ``checkpoint`` and write ``stage.json`` (last, atomically)."""
+def _complete(st: StagePlan, spec: dict, record: dict, checkpoint: Path, trial_id: str, wall: float) -> dict:
+    """Copy the stage's model out of the ``checkpoint`` directory and write ``stage.json``
+    (last, atomically)."""
     import platform
     import time
 
@@ -289,9 +368,8 @@ def _complete(st: StagePlan, spec: dict, record: dict, checkpoint, trial_id: str
     from safs.stages.common import load_model
     from safs.training.measure import measure
 
-    with checkpoint.as_directory() as d:
-        copy_file(Path(d) / MODEL, st.model_path)
-        history = json.loads((Path(d) / "history.json").read_text())
+    copy_file(checkpoint / MODEL, st.model_path)
+    history = json.loads((checkpoint / "history.json").read_text())
     model, blob = load_model(st.model_path)
     m = measure(model, tuple(blob["model"]["input_shape"]))
     row = make_row(spec, history, m, wall_s=wall, trial_id=trial_id, status="done")

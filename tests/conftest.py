@@ -12,10 +12,9 @@ def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    from safs import orchestrator  # noqa: F401  (sets Tune's environment defaults first)
+    from safs.orchestrator import ensure_ray  # also sets Tune's environment defaults
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ensure_ray(num_cpus=2)  # loopback only, no dashboard
     yield
     ray.shutdown()
 

@@ -11,7 +11,7 @@ import pytest
 from safs import orchestrator  # noqa: F401  (sets Tune's environment defaults before Ray is used)
 from safs.search import GeneticAlgorithm, GenomeSpace, RandomSearch, create_optimizer
 from safs.search.base import FAILED
-from safs.search.bridge import AskTellSearcher, read_saved_state
+from safs.search.bridge import STATE_VERSION, AskTellSearcher
 from ray.tune.search import Searcher
 
 FINISHED = Searcher.FINISHED
@@ -264,7 +264,7 @@ def test_save_restore_continues_exactly(tmp_path, name, options, max_concurrent)
     path = tmp_path / "searcher-state-x.pkl"
     a.save(str(path))
     state = json.loads(path.read_text())  # plain JSON, nothing to unpickle
-    assert state["live"] == a.live and state["version"] == 1
+    assert state["live"] == a.live and state["version"] == STATE_VERSION
     assert not list(tmp_path.glob("*.tmp"))
 
     # A new process: same algorithm, space and seed, no search properties from Tune yet.
@@ -317,39 +317,59 @@ def test_restore_rejects_another_algorithm_or_version(tmp_path):
         AskTellSearcher(create_optimizer("ga", space, 0, {"population": 2}), 1).restore(str(path))
 
 
-def test_read_saved_state_takes_the_latest_session(tmp_path):
-    """A restored experiment holds one searcher-state file per Tune session. Tune syncs the
-    whole experiment directory at once, so the file modification times say nothing about
-    which session is newer; the session timestamp in the name does."""
+def test_state_is_persisted_on_every_change(tmp_path):
+    """With a state path, what the optimizer was told survives a SIGKILL at any moment."""
+    path = tmp_path / "search_state.json"
+    s = AskTellSearcher(RandomSearch(make_space(), 0, samples=3), max_concurrent=2, state_path=path)
+    s.set_search_properties("score", "max", {})
+    assert not path.exists()
+    t0 = s.suggest("t0")
+    assert json.loads(path.read_text())["live"] == {"t0": 0}
+    assert json.loads(path.read_text())["candidates"]["t0"] == t0["candidate"]
+    s.on_trial_complete("t0", {"score": 0.25})
+    state = json.loads(path.read_text())
+    assert state["live"] == {} and state["told"]["t0"] == {"token": 0, "score": 0.25}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_requeued_candidates_run_first_and_resume_their_earlier_trials(tmp_path):
+    """A stopped search restarts as a new Tune experiment: the candidates that were running
+    are proposed again (same token, same genome, pointing at their earlier trials) before
+    the optimizer is asked for new ones, and their results reach the optimizer as usual."""
     space = make_space()
-    s = searcher_for(RandomSearch(space, 0, samples=2), 2)
-    d = Driver(s)
-    new, _ = d.fill()
-    old = tmp_path / Searcher.CKPT_FILE_TMPL.format("2026-01-01_10-00-00")
-    s.save(str(old))  # first session: both trials live
-    for tid, _ in new:
-        s.on_trial_complete(tid, {"score": 0.5})
-    assert s.suggest("end") == FINISHED
-    newer = tmp_path / Searcher.CKPT_FILE_TMPL.format("2026-01-01_10-00-31")
-    s.save(str(newer))  # the resumed session: finished
-    # The sync copied the old session's file last (observed with Ray 2.60 after a SIGKILL resume).
-    t = newer.stat().st_mtime
-    os.utime(newer, (t, t))
-    os.utime(old, (t + 0.001, t + 0.001))
-    state = read_saved_state(tmp_path)
-    assert state is not None
-    assert state["finished"] and state["live"] == {}, "read_saved_state returned the stale session's state"
+    path = tmp_path / "state.json"
+    a = AskTellSearcher(RandomSearch(space, 3, samples=5), max_concurrent=2, state_path=path)
+    a.set_search_properties("score", "max", {})
+    c0, c1 = a.suggest("a0")["candidate"], a.suggest("a1")["candidate"]
+    a.on_trial_complete("a0", {"score": 0.5})
+    c2 = a.suggest("a2")["candidate"]  # live at the "kill": a1 and a2
 
+    located = []
+    b = AskTellSearcher(RandomSearch(space, 3, samples=5), max_concurrent=2, state_path=path,
+                        locate=lambda ids: located.append(ids) or [f"dir/{i}" for i in ids])
+    b.set_state(json.loads(path.read_text()))
+    assert b.requeue_live() == [c1["token"], c2["token"]]
+    b.set_search_properties("score", "max", {})
+    assert json.loads(path.read_text())["pending"]  # the requeue itself is persisted
+    r1 = b.suggest("b0")
+    assert r1 == {"candidate": c1, "resume_from": ["dir/a1"]}
+    r2 = b.suggest("b1")
+    assert r2 == {"candidate": c2, "resume_from": ["dir/a2"]}
+    assert b.suggest("b2") is None  # two running
+    b.on_trial_complete("b0", {"score": 0.75})
+    r3 = b.suggest("b2")  # a new candidate: nothing to resume from
+    assert r3["candidate"]["token"] == 3 and "resume_from" not in r3
+    assert {h["token"] for h in b.optimizer.history} == {0, 1}
+    assert b.optimizer.best() == (c1["genome"], 0.75)
 
-def test_read_saved_state_skips_unreadable_files(tmp_path):
-    assert read_saved_state(tmp_path) is None
-    s = searcher_for(RandomSearch(make_space(), 0, samples=2), 2)
-    good = tmp_path / Searcher.CKPT_FILE_TMPL.format("2026-01-01_10-00-00")
-    s.save(str(good))
-    bad = tmp_path / Searcher.CKPT_FILE_TMPL.format("2026-01-01_10-00-05")
-    bad.write_text("{not json")
-    os.utime(bad, (good.stat().st_mtime + 1,) * 2)
-    assert read_saved_state(tmp_path)["version"] == 1
+    # Stopped again while the requeued c2 runs: its chain of earlier trials grows.
+    c = AskTellSearcher(RandomSearch(space, 3, samples=5), max_concurrent=4, state_path=path,
+                        locate=lambda ids: ids)
+    c.set_state(json.loads(path.read_text()))
+    assert c2["token"] in c.requeue_live()
+    proposals = [c.suggest(f"c{i}") for i in range(3)]
+    by_token = {p["candidate"]["token"]: p for p in proposals if isinstance(p, dict)}
+    assert by_token[c2["token"]]["resume_from"] == ["a2", "b1"]
 
 
 # --------------------------------------------------------------------------- a real Tune run
@@ -398,7 +418,8 @@ def test_real_tune_run_with_a_ga(tmp_path, ray_session):
     failing = [h for h in trained if h["score"] is None]
     assert failing and len(failing) < len(trained)  # the seed shows both outcomes
 
-    searcher = AskTellSearcher(create_optimizer("ga", TOY_SPACE, seed, options), max_concurrent=2)
+    searcher = AskTellSearcher(create_optimizer("ga", TOY_SPACE, seed, options), max_concurrent=2,
+                               state_path=tmp_path / "state.json")
     tuner = tune.Tuner(
         toy_trainable,
         param_space={},
@@ -419,7 +440,7 @@ def test_real_tune_run_with_a_ga(tmp_path, ray_session):
         if r.error is None:
             assert r.metrics["score"] == pytest.approx(toy_score(r.config["candidate"]["genome"]))
 
-    state = read_saved_state(tmp_path / "x")
+    state = json.loads((tmp_path / "state.json").read_text())
     assert state is not None and state["finished"] and state["live"] == {} and state["done"]
     assert state["optimizer"]["algorithm_state"]["generation"] == options["generations"]
     assert state["best"]["genome"] == best[0] and state["best"]["score"] == pytest.approx(best[1])

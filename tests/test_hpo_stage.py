@@ -50,12 +50,12 @@ def run(cmd, cwd, env, timeout=600):
 def finished(stage_dir: Path, epochs: int) -> dict[str, str]:
     """Trial directory -> result.json text, for trials that reported their last epoch."""
     out = {}
-    for d in stage_dir.glob("tune/trial_*"):
+    for d in stage_dir.glob("tune/*/trial_*"):
         try:
             text = (d / "result.json").read_text()
             lines = [ln for ln in text.splitlines() if ln.strip()]
             if lines and json.loads(lines[-1]).get("epoch") == epochs:
-                out[d.name] = text
+                out[str(d.relative_to(stage_dir))] = text
         except (OSError, ValueError):
             continue
     return out
@@ -152,7 +152,11 @@ def test_sigkill_during_hpo_resumes_without_repeating_finished_trials(tmp_path, 
     after = finished(stage[0], epochs)
     for name, text_before in before.items():  # finished trials were not run again
         assert after[name] == text_before
-    assert len(list(stage[0].glob("tune/trial_*"))) == trials
+    # a trial per candidate, plus the continuation of each one that was running at the kill
+    tokens = [json.loads((d / "params.json").read_text())["candidate"]["token"]
+              for d in stage[0].glob("tune/*/trial_*")]
+    assert sorted(set(tokens)) == list(range(trials))
+    assert len(tokens) - trials <= 1  # max_concurrent_trials 1: at most one was running
     rec = json.loads((stage[0] / "stage.json").read_text())
     assert rec["attempts"] == 2 and rec["status"] == "done"
 

@@ -45,7 +45,7 @@ def by_stage(recs: dict[str, dict], name: str) -> dict:
 def last_epoch(stage_dir_glob: list[Path]) -> int:
     best = 0
     for d in stage_dir_glob:
-        for f in d.glob("tune/*/result.json"):
+        for f in d.glob("tune/*/*/result.json"):
             lines = f.read_text().strip().splitlines()
             if lines:
                 best = max(best, json.loads(lines[-1])["epoch"])
@@ -182,3 +182,53 @@ def test_diverging_trial_is_recorded_as_failed(tmp_path, ray_session):
     rec = by_stage(records(tmp_path / "results" / "e2e"), "dense")
     assert rec["status"] == "failed" and "training loss is" in rec["error"] and "\n" not in rec["error"]
     assert not any((tmp_path / "results" / "e2e").glob("02-*"))  # nothing downstream started
+
+
+def test_a_truncated_model_reruns_its_stage_and_everything_downstream(tmp_path, ray_session):
+    import yaml
+
+    import safs
+    from safs import pipeline
+    from safs.cli import main
+    from safs.config import parse_pipeline
+    from safs.io import sha256
+
+    text = PIPELINE.format(data="digits", dense=2, retrain=1) + """\
+  - {name: search, kind: activation_search, algorithm: random, options: {samples: 2}, epochs_per_candidate: 1}
+  - {name: final, kind: train, epochs: 1}
+"""
+    cfg = parse_pipeline(yaml.safe_load(text))
+    results = tmp_path / "results"
+    pipeline.run(cfg, results, quiet=True, echo=lambda _: None)
+    run_dir = results / "e2e"
+    first = records(run_dir)
+    [retrain_dir] = [run_dir / d for d in first if d.split("-")[1] == "retrain"]
+    model = retrain_dir / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # a copy cut short
+
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    out = CliRunner().invoke(main, ["status", str(f), "--results", str(results)]).output
+    assert "corrupt (model.pt does not match its checksum" in out, out
+
+    lines = []
+    pipeline.run(cfg, results, quiet=True, echo=lines.append)
+    log = "\n".join(lines)
+    assert sum("done (cached)" in ln for ln in lines) == 2, log  # dense, prune
+    [why_retrain] = [ln for ln in lines if ln.startswith("[03] retrain") and "rerunning" in ln]
+    assert "model.pt does not match its checksum in stage.json" in why_retrain and "truncated or corrupt" in why_retrain
+    assert any("search" in ln and "rerunning: stage 'retrain' it depends on was rerun" in ln for ln in lines), log
+    assert any("final" in ln and "rerunning: stage 'search' it depends on was rerun" in ln for ln in lines), log
+
+    second = records(run_dir)
+    assert sorted(second) == sorted(first)  # the same stage directories, rerun in place
+    for d, rec in second.items():
+        rerun = d.split("-")[1] in ("retrain", "search", "final")
+        assert (rec["started"] != first[d]["started"]) == rerun, d
+        assert rec["status"] == "done"
+    assert second[retrain_dir.name]["model_sha256"] == sha256(model)
+    kept = sorted(p.name.rsplit("-", 2)[0] for p in (run_dir / ".replaced").iterdir())
+    assert kept == sorted(d for d in first if d.split("-")[1] in ("retrain", "search", "final"))
+    assert len(safs.load_results(run_dir)) == 5  # the set-aside stages are not results
+    out = CliRunner().invoke(main, ["status", str(f), "--results", str(results)]).output
+    assert out.count(" done") == 5, out

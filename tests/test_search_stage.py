@@ -60,14 +60,15 @@ def result_lines(trial_dir: Path) -> list[dict]:
 
 
 def finished_trials(search_dir: Path) -> dict[str, str]:
-    """Trial directory name -> result.json text, for candidates that reported their last epoch."""
+    """Trial directory (relative to the stage) -> result.json text, for candidates that
+    reported their last epoch."""
     out = {}
-    for d in search_dir.glob("tune/trial_*"):
+    for d in search_dir.glob("tune/*/trial_*"):
         try:
             text = (d / "result.json").read_text()
             lines = [ln for ln in text.splitlines() if ln.strip()]
             if lines and json.loads(lines[-1])["epoch"] == EPOCHS:
-                out[d.name] = text
+                out[str(d.relative_to(search_dir))] = text
         except (OSError, ValueError, KeyError):
             continue  # being written
     return out
@@ -153,18 +154,31 @@ def test_sigkill_during_a_search_resumes_without_retraining_finished_candidates(
     assert df.trial_id.is_unique and df.genome.is_unique  # random search never retrains a genome
     assert df.error.isna().all()
 
-    # One trial directory per row: a candidate never got a second trial.
-    trial_dirs = sorted(d.name for d in (r["search_dir"] / "tune").glob("trial_*"))
-    assert trial_dirs == sorted(f"trial_{t}" for t in df.trial_id)
-    # Candidates that had finished before the kill were not trained again.
-    for name, text in r["finished"].items():
-        d = r["search_dir"] / "tune" / name
-        assert [x["epoch"] for x in result_lines(d)] == list(range(1, EPOCHS + 1)), name
+    # The stopped stage continued as a second Tune experiment; trials of the first are untouched.
+    tune_dir = r["search_dir"] / "tune"
+    assert sorted(d.name for d in tune_dir.iterdir()) == ["attempt-1", "attempt-2"]
+    trials = {}  # token -> its trial directories, oldest first
+    for d in sorted(tune_dir.glob("*/trial_*")):
+        token = json.loads((d / "params.json").read_text())["candidate"]["token"]
+        trials.setdefault(token, []).append(d)
+    assert sorted(trials) == list(range(SAMPLES))
+    for name, text in r["finished"].items():  # finished before the kill: never trained again
+        d = r["search_dir"] / name
+        assert d.parent.name == "attempt-1"
         assert (d / "result.json").read_text() == text, f"{name} reported again after the resume"
-        assert df.set_index("trial_id").loc[name.removeprefix("trial_"), "status"] == "done"
-    # Every candidate reported every epoch (one that was running at the kill may repeat some).
-    for d in trial_dirs:
-        assert {x["epoch"] for x in result_lines(r["search_dir"] / "tune" / d)} == set(range(1, EPOCHS + 1)), d
+        token = json.loads((d / "params.json").read_text())["candidate"]["token"]
+        assert trials[token] == [d], f"candidate {token} got a second trial"
+        assert df.set_index("token").loc[token, "status"] == "done"
+    rerun = {t: ds for t, ds in trials.items() if len(ds) > 1}
+    for token, ds in trials.items():
+        assert len(ds) <= 2 and df.set_index("token").loc[token, "trial_id"] == ds[-1].name.removeprefix("trial_")
+        epochs = [[x["epoch"] for x in result_lines(d)] for d in ds]
+        assert set().union(*epochs) == set(range(1, EPOCHS + 1)), (token, epochs)
+    for token, (first, second) in rerun.items():  # running at the kill: continued, not restarted
+        assert first.parent.name == "attempt-1" and second.parent.name == "attempt-2"
+        done_before = [x["epoch"] for x in result_lines(first)]
+        if done_before:
+            assert result_lines(second)[0]["epoch"] == max(done_before) + 1, token
 
     rec = by_stage(after, "search")
     assert rec["status"] == "done" and rec["attempts"] == 2

@@ -61,7 +61,8 @@ def stage_records(*paths: str | Path) -> list[dict]:
     for p in map(Path, paths):
         candidates = [p] if p.name == "stage.json" else sorted(p.glob("**/stage.json"))
         for f in candidates:
-            if f.resolve() in seen or "tune" in f.parts[len(p.parts):]:
+            inner = f.parts[len(p.parts):]  # not Tune's files, not stages set aside (.replaced)
+            if f.resolve() in seen or "tune" in inner or any(x.startswith(".") for x in inner):
                 continue
             seen.add(f.resolve())
             try:

@@ -102,7 +102,8 @@ def trials_table(paths) -> pd.DataFrame:
     frames = []
     for p in map(Path, paths):
         for f in sorted(p.glob("**/trials.parquet")) if p.is_dir() else []:
-            if "tune" in f.parts:
+            inner = f.parts[len(p.parts):]  # not Tune's files, not stages set aside (.replaced)
+            if "tune" in inner or any(x.startswith(".") for x in inner):
                 continue
             t = pd.read_parquet(f)
             stage_dir = f.parent.name  # NN-<stage>-<hash>

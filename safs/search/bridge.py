@@ -10,32 +10,44 @@ Rules that keep a search alive and resumable (Ray 2.60 behaviour):
   with nothing running, ``None`` would stall Tune forever, so it returns ``FINISHED``.
 - A trial that errored, reported no score or a non-finite one is told as a failure; the
   search continues.
-- ``save``/``restore`` carry the optimizer state and the ``trial_id -> token`` map: trials
-  that were running at a crash keep their ids when Tune resumes them, and their results
-  must still reach the optimizer. The state is written as JSON (nothing to unpickle).
+- The state (optimizer, ``trial_id -> token`` of the running trials and the candidate each
+  one carries) is JSON, nothing to unpickle. With ``state_path`` it is rewritten after every
+  change, so a SIGKILL loses nothing the optimizer was told.
+- A stopped stage restarts as a *new* Tune experiment (safs never unpickles Tune's own
+  state): ``requeue_live`` turns the candidates that were running into the first ones the
+  new experiment runs, each resuming from its last epoch checkpoint (``resume_from``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.search import Searcher
 
 from safs.search.base import AskTellOptimizer, finite_score
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class AskTellSearcher(Searcher):
-    def __init__(self, optimizer: AskTellOptimizer, max_concurrent: int = 1):
+    """``locate(trial_ids) -> [trial directories]`` finds the earlier trials of a requeued
+    candidate, whose checkpoints it resumes from."""
+
+    def __init__(self, optimizer: AskTellOptimizer, max_concurrent: int = 1, *, state_path: Path | None = None,
+                 locate: Callable[[list[str]], list[str]] | None = None):
         super().__init__(metric=None, mode=None)  # set by Tune from TuneConfig(metric, mode)
         self.optimizer = optimizer
         self.max_concurrent = max(1, int(max_concurrent))
         self.live: dict[str, int] = {}  # Tune trial id -> optimizer token
         self.told: dict[str, dict] = {}  # Tune trial id -> {"token", "score"} once complete
         self.finished = False
+        self.candidates: dict[str, dict] = {}  # live trial id -> the candidate it carries
+        self.previous: dict[str, list[str]] = {}  # live trial id -> earlier trials of its candidate
+        self.pending: list[dict] = []  # requeued candidates: {"candidate", "previous"}
+        self.state_path = Path(state_path) if state_path else None
+        self.locate = locate
 
     # -- Tune protocol -------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
@@ -55,28 +67,56 @@ class AskTellSearcher(Searcher):
             return Searcher.FINISHED
         if len(self.live) >= self.max_concurrent:
             return None
+        if self.pending:
+            p = self.pending.pop(0)
+            self._start(trial_id, p["candidate"], p["previous"])
+            dirs = self.locate(p["previous"]) if self.locate else []
+            return {"candidate": p["candidate"], "resume_from": dirs}
         out = self.optimizer.ask()
         if out is None:
             if self.live and not self.optimizer.done():
                 return None  # e.g. a GA generation still running
             if not self.live:
                 self.finished = True
+                self.persist()
                 return Searcher.FINISHED
             return None
         token, value = out
-        self.live[trial_id] = token
         # Genome optimizers propose a genome, HPO backends a configuration.
-        return {"candidate": {"token": token, getattr(self.optimizer, "payload", "genome"): dict(value)}}
+        candidate = {"token": token, getattr(self.optimizer, "payload", "genome"): _plain(value)}
+        self._start(trial_id, candidate, [])
+        return {"candidate": candidate}
+
+    def _start(self, trial_id: str, candidate: dict, previous: list[str]) -> None:
+        self.live[trial_id] = int(candidate["token"])
+        self.candidates[trial_id] = candidate
+        self.previous[trial_id] = list(previous)
+        self.persist()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         token = self.live.pop(trial_id, None)
         if token is None:  # unknown or already told (Tune may repeat after a restore)
             return
+        self.candidates.pop(trial_id, None)
+        self.previous.pop(trial_id, None)
         score = self.score_of(result, error)
         self.told[trial_id] = {"token": token, "score": score}
         if score is not None and self._mode == "min":
             score = -score  # optimizers maximise
         self.optimizer.tell(token, score)
+        self.persist()
+
+    def requeue_live(self) -> list[int]:
+        """Turn the trials that were running when the state was saved into candidates to run
+        first (in token order), each remembering its earlier trials; return their tokens."""
+        for trial_id, token in sorted(self.live.items(), key=lambda kv: kv[1]):
+            if trial_id not in self.candidates:
+                raise ValueError(f"searcher state has no candidate for running trial {trial_id}")
+            self.pending.append({"candidate": self.candidates[trial_id],
+                                 "previous": self.previous.get(trial_id, []) + [trial_id]})
+        self.live, self.candidates, self.previous = {}, {}, {}
+        self.persist()
+        return [p["candidate"]["token"] for p in self.pending]
 
     def score_of(self, result: dict | None, error: bool) -> float | None:
         if error or not result or result.get("failed"):
@@ -88,6 +128,7 @@ class AskTellSearcher(Searcher):
         return {"version": STATE_VERSION, "metric": self._metric, "mode": self._mode,
                 "max_concurrent": self.max_concurrent, "live": dict(self.live), "told": dict(self.told),
                 "finished": self.finished, "optimizer": self.optimizer.state_dict(),
+                "candidates": dict(self.candidates), "previous": dict(self.previous), "pending": list(self.pending),
                 "best": _best_json(self.optimizer), "done": self.optimizer.done()}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -98,7 +139,14 @@ class AskTellSearcher(Searcher):
         self.live = {k: int(v) for k, v in state["live"].items()}
         self.told = dict(state["told"])
         self.finished = bool(state["finished"])
+        self.candidates = dict(state["candidates"])
+        self.previous = {k: list(v) for k, v in state["previous"].items()}
+        self.pending = list(state["pending"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def persist(self) -> None:
+        if self.state_path is not None:
+            self.save(str(self.state_path))
 
     def save(self, checkpoint_path: str) -> None:
         tmp = Path(f"{checkpoint_path}.tmp")
@@ -109,19 +157,11 @@ class AskTellSearcher(Searcher):
         self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
 
+def _plain(value) -> dict:
+    """numpy scalars (ConfigSpace values) as Python ones, so the candidate is JSON."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in dict(value).items()}
+
+
 def _best_json(optimizer: AskTellOptimizer) -> dict | None:
     best = optimizer.best()
     return None if best is None else {getattr(optimizer, "payload", "genome"): dict(best[0]), "score": best[1]}
-
-
-def read_saved_state(experiment_dir: Path) -> dict | None:
-    """The newest searcher state Tune saved in ``experiment_dir`` (None if there is none)."""
-    # One file per Tune session; the session string is a timestamp, so name order is time
-    # order (modification times are not: a restore copies old sessions' files back).
-    files = sorted(Path(experiment_dir).glob(Searcher.CKPT_FILE_TMPL.format("*")), key=lambda p: p.name)
-    for f in reversed(files):
-        try:
-            return json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-    return None

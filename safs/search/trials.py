@@ -1,60 +1,96 @@
-"""A search stage's trials as a table (``trials.parquet``) and the choice of its best trial.
+"""A search stage's trials, read from its trial directories: ``trials.parquet`` and the best one.
 
-One row per candidate the searcher handed to Tune, in ask order: token, Tune trial id,
-genome (activation search) or config (HPO) as JSON, status (``done``; ``stopped`` early by successive halving; ``failed``),
-epochs trained, validation accuracy per epoch, score (best validation accuracy), the test
-accuracy at that epoch, wall seconds and the error, if any.
+A candidate (one token) usually runs as one Tune trial; a candidate that was running when
+the stage stopped runs again in the next attempt, resuming from its last epoch checkpoint.
+Its row merges all its trials: one row per candidate, in token order, with the genome
+(activation search) or config (HPO) as JSON, status (``done``; ``stopped`` early by
+successive halving; ``failed``), epochs trained, validation accuracy per epoch, score (best
+validation accuracy), the test accuracy at that epoch, wall seconds and the error, if any.
+
+Only JSON is read (``params.json``, ``result.json``, ``error.txt``): nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 TRIAL_COLUMNS = ["token", "trial_id", "genome", "config", "status", "epochs", "val_acc_per_epoch", "score", "best_epoch",
                  "test_acc", "wall_s", "error"]
 
 
-def _per_epoch(result) -> list[dict]:
-    """The trial's epoch reports, one per epoch (a resumed trial may have repeated some)."""
-    df = result.metrics_dataframe
-    if df is None or df.empty or "val_acc" not in df:
+@dataclass(frozen=True)
+class TrialRun:
+    """One Tune trial directory of a search stage."""
+
+    path: Path
+    trial_id: str
+    config: dict
+    results: list[dict]
+    error: str | None  # the last failure Tune recorded for it, if any
+
+    @property
+    def candidate(self) -> dict:
+        return self.config.get("candidate", {})
+
+    @property
+    def last(self) -> dict:
+        return self.results[-1] if self.results else {}
+
+
+def attempt_dirs(stage_dir: Path) -> list[Path]:
+    """The stage's Tune experiments (``tune/attempt-N``), oldest first."""
+    dirs = [d for d in (Path(stage_dir) / "tune").glob("attempt-*") if d.is_dir()]
+    return sorted(dirs, key=lambda d: int(d.name.rsplit("-", 1)[-1]))
+
+
+def trial_dirs(stage_dir: Path, trial_ids: list[str] | None = None) -> list[Path]:
+    """Trial directories of every attempt, oldest attempt first (only ``trial_ids``, if given)."""
+    out = []
+    for a in attempt_dirs(stage_dir):
+        found = sorted(a.glob("trial_*"))
+        if trial_ids is not None:
+            wanted = {f"trial_{t}" for t in trial_ids}
+            found = [d for d in found if d.name in wanted]
+        out.extend(found)
+    return out
+
+
+def _result_lines(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except OSError:
         return []
-    df = df[df["val_acc"].notna()].drop_duplicates("epoch", keep="last").sort_values("epoch")
-    return df.to_dict("records")
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a kill
+    return out
 
 
-def trial_row(result, epochs_per_candidate: int) -> dict:
-    cand = (result.config or {}).get("candidate", {})
-    metrics = result.metrics or {}
-    epochs = _per_epoch(result)
-    best = max(epochs, key=lambda e: (e["val_acc"], -e["epoch"])) if epochs else None
-    error = None
-    if result.error is not None:
-        lines = [ln.strip() for ln in str(result.error).splitlines() if ln.strip()]
-        error = lines[-1] if lines else type(result.error).__name__
-    elif metrics.get("failed"):
-        error = str(metrics["failed"])
-    if error is not None or best is None or not math.isfinite(best["val_acc"]):
-        status = "failed"
-    elif len(epochs) < epochs_per_candidate:
-        status = "stopped"
-    else:
-        status = "done"
-    return {
-        "token": cand.get("token"),
-        "trial_id": metrics.get("trial_id") or result.path.rsplit("trial_", 1)[-1],
-        "genome": json.dumps(cand["genome"]) if "genome" in cand else None,
-        "config": json.dumps(cand["config"]) if "config" in cand else None,
-        "status": status,
-        "epochs": len(epochs),
-        "val_acc_per_epoch": [float(e["val_acc"]) for e in epochs],
-        "score": float(best["val_acc"]) if best else float("nan"),
-        "best_epoch": int(best["epoch"]) if best else 0,
-        "test_acc": float(best["test_acc"]) if best else float("nan"),
-        "wall_s": float(metrics.get("time_total_s") or 0.0),
-        "error": error,
-    }
+def _last_error(path: Path) -> str | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure # ")]
+    return lines[-1] if lines else None
+
+
+def read_runs(stage_dir: Path) -> list[TrialRun]:
+    runs = []
+    for d in trial_dirs(stage_dir):
+        try:
+            config = json.loads((d / "params.json").read_text())
+        except (OSError, ValueError):
+            continue  # created, never started
+        runs.append(TrialRun(d, d.name.removeprefix("trial_"), config, _result_lines(d / "result.json"),
+                             _last_error(d / "error.txt")))
+    return runs
 
 
 def candidate_epochs(stage: dict, candidate: dict) -> int:
@@ -64,22 +100,84 @@ def candidate_epochs(stage: dict, candidate: dict) -> int:
     return stage.get("epochs_per_candidate") or stage["epochs_per_trial"]
 
 
-def trials_frame(grid):
+def _per_epoch(runs: list[TrialRun]) -> list[dict]:
+    """One report per epoch over a candidate's trials; a later trial's report wins."""
+    by_epoch = {}
+    for r in runs:
+        for x in r.results:
+            if isinstance(x.get("val_acc"), (int, float)) and "epoch" in x:
+                by_epoch[int(x["epoch"])] = x
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def candidate_row(runs: list[TrialRun], stage: dict) -> dict:
+    """The row of one candidate from its trials (oldest first)."""
+    cand, last = runs[-1].candidate, runs[-1]
+    target = candidate_epochs(stage, cand)
+    epochs = _per_epoch(runs)
+    best = max(epochs, key=lambda e: (e["val_acc"], -e["epoch"])) if epochs else None
+    reached = bool(epochs) and epochs[-1]["epoch"] >= target
+    error = None
+    if last.last.get("failed"):
+        error = str(last.last["failed"])
+    elif not reached and last.error:
+        error = last.error
+    if error is not None or best is None or not math.isfinite(best["val_acc"]):
+        status = "failed"
+        error = error or "no epoch reported"
+    elif not reached:
+        status = "stopped"
+    else:
+        status = "done"
+    return {
+        "token": cand.get("token"),
+        "trial_id": last.trial_id,
+        "genome": json.dumps(cand["genome"]) if "genome" in cand else None,
+        "config": json.dumps(cand["config"]) if "config" in cand else None,
+        "status": status,
+        "epochs": len(epochs),
+        "val_acc_per_epoch": [float(e["val_acc"]) for e in epochs],
+        "score": float(best["val_acc"]) if best else float("nan"),
+        "best_epoch": int(best["epoch"]) if best else 0,
+        "test_acc": float(best["test_acc"]) if best else float("nan"),
+        "wall_s": float(sum(r.last.get("time_total_s") or 0.0 for r in runs)),
+        "error": error,
+    }
+
+
+def by_token(runs: list[TrialRun], tokens: set[int] | None = None) -> dict[int, list[TrialRun]]:
+    out: dict[int, list[TrialRun]] = {}
+    for r in runs:
+        t = r.candidate.get("token")
+        if t is not None and (tokens is None or t in tokens):
+            out.setdefault(int(t), []).append(r)
+    return out
+
+
+def trials_frame(stage_dir: Path, stage: dict, tokens: set[int] | None = None):
+    """One row per candidate (``tokens``: only those, e.g. the ones the searcher was told)."""
     import pandas as pd
 
-    rows = [trial_row(r, candidate_epochs(r.config["spec"]["stage"], r.config.get("candidate", {}))) for r in grid]
-    return pd.DataFrame(rows, columns=TRIAL_COLUMNS).sort_values("token", kind="stable").reset_index(drop=True)
+    groups = by_token(read_runs(stage_dir), tokens)
+    rows = [candidate_row(groups[t], stage) for t in sorted(groups)]
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
-def best_trial(grid):
-    """The finished (not early-stopped, not failed) trial with the highest score; ties go to
-    the earliest candidate. ``None`` when no candidate finished."""
-    best, key = None, None
-    for r in grid:
-        row = trial_row(r, candidate_epochs(r.config["spec"]["stage"], r.config.get("candidate", {})))
-        if row["status"] != "done" or r.checkpoint is None:
-            continue
-        k = (row["score"], -row["token"])
-        if key is None or k > key:
-            best, key = r, k
-    return best
+def final_checkpoint(stage_dir: Path, trial_id: str) -> Path | None:
+    """The newest checkpoint of a trial that holds a finished model (``model.pt``)."""
+    for d in reversed(trial_dirs(stage_dir, [trial_id])):
+        for c in sorted(d.glob("checkpoint_*"), reverse=True):
+            if (c / "model.pt").is_file() and (c / "history.json").is_file():
+                return c
+    return None
+
+
+def best_candidate(frame, stage_dir: Path) -> tuple[dict, Path] | None:
+    """The finished (not early-stopped, not failed) candidate with the highest score and its
+    final checkpoint; ties go to the earliest candidate. ``None`` when none finished."""
+    done = frame[frame["status"] == "done"].sort_values(["score", "token"], ascending=[False, True])
+    for row in done.to_dict("records"):
+        ckpt = final_checkpoint(stage_dir, row["trial_id"])
+        if ckpt is not None:
+            return row, ckpt
+    return None

@@ -17,7 +17,9 @@ def trainable(config: dict) -> None:
     from safs.stages.common import threads_from_resources
 
     threads_from_resources()
-    spec = config["spec"]
+    # ``resume_from``: trial directories of earlier attempts, newest first, whose checkpoints
+    # a continued trial may start from (see safs.stages.common.resume_point).
+    spec = {**config["spec"], "resume_from": config.get("resume_from") or []}
     # Search stages add the searcher's suggestion (e.g. ``candidate``) next to the spec.
-    params = {k: v for k, v in config.items() if k != "spec"}
+    params = {k: v for k, v in config.items() if k not in ("spec", "resume_from")}
     importlib.import_module(STAGE_MODULES[spec["kind"]]).run_trial(spec, **params)

@@ -99,6 +99,41 @@ def prepare_for_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @contextmanager
+def resume_point(spec: dict, device: torch.device) -> Iterator[tuple[dict | None, Path | None]]:
+    """The training state to continue from and its checkpoint directory, or (None, None).
+
+    Tune's own checkpoint comes first (a retry within this attempt), then the checkpoints of
+    earlier attempts (``spec["resume_from"]``, newest first). A checkpoint that does not load
+    (cut short by a kill) is skipped for the one before it."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = _load_state(Path(d) / "state.pt", device)
+            if state is not None:
+                yield state, Path(d)
+                return
+    for trial in spec.get("resume_from") or []:
+        for d in sorted(Path(trial).glob("checkpoint_*"), reverse=True):
+            state = _load_state(d / "state.pt", device)
+            if state is not None:
+                yield state, d
+                return
+    yield None, None
+
+
+def _load_state(path: Path, device: torch.device) -> dict | None:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle opcode, missing file: all mean "unusable"
+        import logging
+
+        logging.getLogger("safs").warning("skipping checkpoint %s: %s", path.parent.name, e)
+        return None
+
+
+@contextmanager
 def checkpoint_dir() -> Iterator[Path]:
     """A scratch directory that Tune copies into the trial's checkpoint on report."""
     with tempfile.TemporaryDirectory(prefix="safs-ckpt-") as d:

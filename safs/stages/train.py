@@ -59,17 +59,18 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
     scheduler = make_scheduler(optimizer, _schedule_cfg(st), epochs)
 
     start, history, best_state = 0, [], None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(f"{d}/state.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if method is not None:
-            method.load_state_dict(state["method"])
-            method.attach(model)  # re-derive per-step caches from the restored masks
-        start, history, best_state = state["epoch"], state["history"], state.get("best")
+    with common.resume_point(spec, device) as (state, state_dir):
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if method is not None:
+                method.load_state_dict(state["method"])
+                method.attach(model)  # re-derive per-step caches from the restored masks
+            start, history, best_state = state["epoch"], state["history"], state.get("best")
+            if start >= epochs:  # it had finished when the stage stopped: report it again, train nothing
+                tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+                return
 
     seed = spec["seed"] * 1000 + spec["index"]  # distinct data order per stage, fixed per seed
     train_batches = Batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])

@@ -1,0 +1,72 @@
+"""A search stage's trials table from its trial directories (JSON only), across attempts."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from safs.search.trials import best_candidate, trial_dirs, trials_frame
+
+STAGE = {"epochs_per_candidate": 3}
+
+
+def trial(stage_dir: Path, attempt: int, trial_id: str, token: int, accs: list[float], *, first_epoch: int = 1,
+          error: str | None = None, failed: str | None = None, final: bool = False) -> Path:
+    d = stage_dir / "tune" / f"attempt-{attempt}" / f"trial_{trial_id}"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps({"spec": {}, "candidate": {"token": token, "genome": {"s0": f"op{token}"}}}))
+    lines = [{"epoch": first_epoch + i, "val_acc": a, "test_acc": a / 2, "time_total_s": 1.0 + i}
+             for i, a in enumerate(accs)]
+    if failed:
+        lines.append({"epoch": 3, "score": float("nan"), "failed": failed, "time_total_s": 0.5})
+    (d / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"epoch": 9, "val_a')  # cut by a kill
+    if error:
+        (d / "error.txt").write_text(f"Failure # 1 (occurred at 2026-01-01)\nTraceback...\n{error}\n")
+    if final:
+        c = d / "checkpoint_000002"
+        c.mkdir()
+        (c / "model.pt").write_bytes(b"x")
+        (c / "history.json").write_text("[]")
+    return d
+
+
+def test_rows_merge_a_candidates_trials_across_attempts(tmp_path):
+    trial(tmp_path, 1, "a", 0, [0.1, 0.2, 0.3], final=True)
+    trial(tmp_path, 1, "b", 1, [0.4])  # running when the stage stopped...
+    trial(tmp_path, 2, "c", 1, [0.5, 0.35], first_epoch=2, final=True)  # ...continued from epoch 1
+    trial(tmp_path, 1, "d", 2, [0.2], error="RuntimeError: boom")  # kept failing
+    trial(tmp_path, 2, "e", 3, [0.9])  # stopped early by successive halving
+    trial(tmp_path, 2, "f", 4, [0.3], failed="training loss is nan")
+    df = trials_frame(tmp_path, STAGE).set_index("token")
+    assert list(df.index) == [0, 1, 2, 3, 4]
+    assert df.loc[1, "trial_id"] == "c" and list(df.loc[1, "val_acc_per_epoch"]) == [0.4, 0.5, 0.35]
+    assert df.loc[1, "status"] == "done" and df.loc[1, "score"] == 0.5 and df.loc[1, "best_epoch"] == 2
+    assert df.loc[1, "test_acc"] == 0.25 and df.loc[1, "wall_s"] == 1.0 + 2.0
+    assert df.loc[2, "status"] == "failed" and df.loc[2, "error"] == "RuntimeError: boom"
+    assert df.loc[3, "status"] == "stopped" and pd.isna(df.loc[3, "error"])
+    assert df.loc[4, "status"] == "failed" and df.loc[4, "error"] == "training loss is nan"
+    assert json.loads(df.loc[0, "genome"]) == {"s0": "op0"}
+    assert list(trials_frame(tmp_path, STAGE, {0, 3}).token) == [0, 3]
+
+
+def test_an_error_before_a_successful_retry_is_not_a_failure(tmp_path):
+    trial(tmp_path, 1, "a", 0, [0.1, 0.2, 0.3], error="RayActorError: the worker died", final=True)
+    row = trials_frame(tmp_path, STAGE).iloc[0]
+    assert row.status == "done" and pd.isna(row.error)
+
+
+def test_best_candidate_is_the_top_finished_one_with_its_final_checkpoint(tmp_path):
+    trial(tmp_path, 1, "a", 0, [0.1, 0.2, 0.6], final=True)
+    trial(tmp_path, 1, "b", 1, [0.6, 0.1, 0.1], final=True)  # same score, later token
+    trial(tmp_path, 1, "c", 2, [0.9])  # better, but stopped early
+    df = trials_frame(tmp_path, STAGE)
+    row, ckpt = best_candidate(df, tmp_path)
+    assert row["token"] == 0 and ckpt == tmp_path / "tune/attempt-1/trial_a/checkpoint_000002"
+    assert best_candidate(df[df.token == 2], tmp_path) is None
+
+
+def test_attempts_are_ordered_by_number_not_name(tmp_path):
+    for n in (2, 10, 1):
+        trial(tmp_path, n, f"t{n}", n, [0.1])
+    assert [d.parent.name for d in trial_dirs(tmp_path)] == ["attempt-1", "attempt-2", "attempt-10"]
+    assert trial_dirs(tmp_path, ["t10"]) == [tmp_path / "tune/attempt-10/trial_t10"]
