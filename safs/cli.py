@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+from safs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT):
@@ -107,47 +106,105 @@ def main():
 @click.option("--dry-run", is_flag=True, help="Print the resolved stages, their hashes and directories; run nothing.")
 @click.option("--address", default=None, help="Ray cluster address (auto, ray://host:port); default: a local Ray.")
 @click.option("--num-cpus", type=float, default=None, help="CPUs for a local Ray (default: all).")
+@click.option("--cell", "cells", type=int, multiple=True,
+              help="Run only this matrix cell (its number in `safs run --dry-run`); repeatable.")
+@click.option("--parallel", type=click.IntRange(min=1), default=None,
+              help="Matrix cells run at once (default: as many as the cluster's CPUs/GPUs fit, given resources).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--verbose", is_flag=True, help="Show Ray and trial logs.")
-def run(pipeline: Path, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
+def run(pipeline: Path, results: Path, dry_run: bool, address, num_cpus, cells, parallel, quiet, verbose):
     """Run PIPELINE.yaml: skip done stages, resume interrupted ones, run the rest."""
     cfgs, matrix = _load(pipeline)
-    _run(cfgs, matrix, results, dry_run, address, num_cpus, quiet, verbose)
+    _run(pipeline, cfgs, matrix, results, dry_run, address, num_cpus, quiet, verbose, cells, parallel)
 
 
-def _run(cfgs, matrix, results: Path, dry_run: bool, address, num_cpus, quiet, verbose):
+def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cpus, quiet, verbose, cells=(),
+         parallel=None):
     import logging
+    from contextlib import nullcontext
 
     from safs import pipeline as pl
 
     name = cfgs[0].name
+    stored = None
+    if matrix:  # the run directory keeps the matrix, so `safs resume` re-expands the same cells
+        stored = {**cfgs[0].model_dump(mode="json", exclude={"variant"}), "matrix": matrix}
+    for c in cells:
+        if not 0 <= c < len(cfgs):
+            _fail(f"--cell: {c} is not a cell of '{name}'; accepted: 0..{len(cfgs) - 1}")
+    selected = [(i, cfg) for i, cfg in enumerate(cfgs) if not cells or i in cells]
     if dry_run:
-        for cfg in cfgs:
+        for i, cfg in selected:
             if cfg.variant:
-                click.echo(f"[{cfg.variant}]")
+                click.echo(f"[cell {i}: {cfg.variant}]")
             for st in pl.plan(cfg, results):
                 click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
         return
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    from safs.io import Busy, exclusive
     from safs.orchestrator import StageFailed, StageInterrupted
 
-    stored = None
-    if matrix:  # the run directory keeps the matrix, so `safs resume` re-expands the same cells
-        stored = {**cfgs[0].model_dump(mode="json", exclude={"variant"}), "matrix": matrix}
-    click.echo(f"safs: pipeline '{name}' -> {results / name}" + (f" ({len(cfgs)} matrix cells)" if matrix else ""))
+    if not cells:
+        click.echo(f"safs: pipeline '{name}' -> {results / name}" + (f" ({len(cfgs)} matrix cells)" if matrix else ""))
+    rerun: set[str] = set()  # shared by the cells: a stage one cell reran is rerun for all
     try:
-        for cfg in cfgs:
-            if cfg.variant:
-                click.echo(f"safs: [{cfg.variant}]")
-            pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose, echo=click.echo,
-                   stored=stored)
+        # One `safs run` of a whole pipeline at a time; single cells (--cell) only lock their stages.
+        with exclusive(results / name / ".lock") if not cells else nullcontext():
+            width = _parallel_cells(cfgs, parallel, address, num_cpus, verbose) if len(selected) > 1 else 1
+            if width > 1:
+                _sweep(path, selected, results, width, address, quiet, verbose)
+            for i, cfg in selected if width == 1 else ():
+                if cfg.variant and not cells:
+                    click.echo(f"safs: [cell {i}: {cfg.variant}]")
+                pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
+                       echo=click.echo, stored=stored, rerun=rerun)
+    except Busy as e:
+        _fail(f"{results / name}: {e}; one safs run per pipeline at a time", EXIT_FAILED)
     except StageInterrupted as e:
         _fail(f"{e}; run the same command again to resume", EXIT_INTERRUPTED)
     except StageFailed as e:
-        _fail(str(e), 1)
+        _fail(str(e), EXIT_FAILED)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
-    click.echo(f"safs: done. Table: safs table {results / name}")
+    if not cells:
+        click.echo(f"safs: done. Table: safs table {results / name}")
+
+
+def _parallel_cells(cfgs, parallel, address, num_cpus, verbose) -> int:
+    if parallel == 1:
+        return 1
+    if parallel is None:  # as many as fit: ask the cluster (this also starts the local Ray)
+        import ray
+
+        from safs.orchestrator import ensure_ray
+        from safs.sweep import auto_parallel
+
+        ensure_ray(address, num_cpus, verbose)
+        return auto_parallel(cfgs[0].resources.model_dump(), ray.cluster_resources(), len(cfgs))
+    return min(parallel, len(cfgs))
+
+
+def _sweep(path: Path, selected, results: Path, width: int, address, quiet: bool, verbose: bool) -> None:
+    """The cells, ``width`` at a time, each in a child process on this driver's Ray."""
+    import ray
+
+    from safs.orchestrator import ensure_ray
+    from safs.sweep import child_command, run_cells
+
+    ensure_ray(address, None, verbose)
+    join = address or ray.get_runtime_context().gcs_address  # the local Ray this process started
+    click.echo(f"safs: running {len(selected)} cells, {width} at a time")
+    codes = run_cells({cfg.variant: child_command(path, results, join, i, quiet, verbose) for i, cfg in selected},
+                      width, click.echo)
+    failed = sorted(v for v, c in codes.items() if c not in (0, EXIT_INTERRUPTED))
+    stopped = sorted(v for v, c in codes.items() if c == EXIT_INTERRUPTED)
+    click.echo(f"safs: {len(codes) - len(failed) - len(stopped)} of {len(codes)} cells done"
+               + (f"; failed: {', '.join(failed)}" if failed else "")
+               + (f"; stopped: {', '.join(stopped)}" if stopped else ""))
+    if stopped:
+        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+    if failed:
+        _fail(f"{len(failed)} cell(s) failed; see their lines above (safs status shows each stage)", EXIT_FAILED)
 
 
 @main.command()
@@ -162,7 +219,7 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
     if not stored.is_file():
         _fail(f"{run_dir}: not a safs run directory (no pipeline.yaml)")
     cfgs, matrix = _load(stored)
-    _run(cfgs, matrix, run_dir.parent, False, address, num_cpus, quiet, verbose)
+    _run(stored, cfgs, matrix, run_dir.parent, False, address, num_cpus, quiet, verbose)
 
 
 @main.command()
@@ -181,11 +238,11 @@ def status(target: Path, results: Path):
     except ConfigError as e:
         _fail(str(e))
     click.echo(f"pipeline {cfgs[0].name} ({root / cfgs[0].name})")
-    for cfg in cfgs:
+    for i, cfg in enumerate(cfgs):
         plans = pl.plan(cfg, root)
         if cfg.variant:
             done = sum(pl.is_done(st) for st in plans)
-            click.echo(f"  [{cfg.variant}] {done}/{len(plans)} stages done")
+            click.echo(f"  [cell {i}: {cfg.variant}] {done}/{len(plans)} stages done")
         for st in plans:
             click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {pl.stage_status(st)}")
 
@@ -286,6 +343,11 @@ def plot(paths, kind: str, out: Path):
         _fail(str(e))
     click.echo(f"safs: wrote {out}")
 
+
+from safs.jobs import jobs, submit  # noqa: E402  (cluster commands live in their own module)
+
+main.add_command(submit)
+main.add_command(jobs)
 
 if __name__ == "__main__":
     main()
