@@ -33,6 +33,7 @@ class RayHead:
     temp_dir: str  # the cluster's private --temp-dir; marks its processes
     dashboard_port: int
     gcs_port: int
+    client_port: int  # Ray Client server (ray://)
     env: dict = field(repr=False)  # environment for clients (and the head) of this cluster
 
     @property
@@ -93,7 +94,7 @@ def start_head(num_cpus: int = 2, base_env: dict | None = None, timeout: float =
         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
         "--object-store-memory=200000000",  # a good neighbour on a shared machine
     ]
-    head = RayHead(temp_dir, dash, gcs, env)
+    head = RayHead(temp_dir, dash, gcs, client, env)
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:

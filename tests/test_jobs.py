@@ -372,3 +372,25 @@ def test_submit_stop_and_resubmit_on_a_loopback_cluster(tmp_path):
         stop_head(head)
         assert not cluster_pids(head.temp_dir)
         print(f"total {time.time() - t0:.1f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_safs_run_drives_an_existing_cluster(tmp_path):
+    """`safs run --address` joins a running cluster (by its GCS address, and through Ray Client
+    with ray://) instead of starting a local Ray; the results are the same either way."""
+    f = write_pipeline(tmp_path / "p.yaml", name="joined", samples=2)
+    head = start_head()
+    try:
+        tables = {}
+        for address in (f"127.0.0.1:{head.gcs_port}", f"ray://127.0.0.1:{head.client_port}"):
+            results = tmp_path / address.split(":")[0].strip("/")
+            p = run_safs(head, "run", f, "--results", results, "--address", address, "--quiet")
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert cluster_pids(head.temp_dir)  # the cluster is still up: safs joined it, did not own it
+            t = run_safs(head, "table", results / "joined", "--format", "csv")
+            tables[address] = t.stdout
+        a, b = tables.values()
+        assert a == b and "Stage 1" in a.splitlines()[0]  # same seeds, same data: the same numbers
+    finally:
+        stop_head(head)

@@ -70,3 +70,18 @@ def test_attempts_are_ordered_by_number_not_name(tmp_path):
         trial(tmp_path, n, f"t{n}", n, [0.1])
     assert [d.parent.name for d in trial_dirs(tmp_path)] == ["attempt-1", "attempt-2", "attempt-10"]
     assert trial_dirs(tmp_path, ["t10"]) == [tmp_path / "tune/attempt-10/trial_t10"]
+
+
+def test_an_epoch_whose_report_a_kill_cut_off_comes_from_the_checkpoint(tmp_path):
+    """Killed after epoch 2's checkpoint was written but while its report line was: the
+    continued trial starts at epoch 3, and epoch 2 is read from the checkpoint's history."""
+    first = trial(tmp_path, 1, "a", 0, [0.1])  # epoch 1 reported, epoch 2's line cut
+    ckpt = first / "checkpoint_000001"
+    ckpt.mkdir()
+    (ckpt / "history.json").write_text(json.dumps([{"epoch": 1, "val_acc": 0.1, "test_acc": 0.05},
+                                                   {"epoch": 2, "val_acc": 0.7, "test_acc": 0.35}]))
+    trial(tmp_path, 2, "b", 0, [0.4], first_epoch=3, final=True)
+    row = trials_frame(tmp_path, STAGE).iloc[0]
+    assert row.status == "done" and row.epochs == 3
+    assert list(row.val_acc_per_epoch) == [0.1, 0.7, 0.4]
+    assert row.score == 0.7 and row.best_epoch == 2 and row.test_acc == 0.35

@@ -101,13 +101,29 @@ def candidate_epochs(stage: dict, candidate: dict) -> int:
 
 
 def _per_epoch(runs: list[TrialRun]) -> list[dict]:
-    """One report per epoch over a candidate's trials; a later trial's report wins."""
+    """One report per epoch over a candidate's trials; a later trial's report wins. Epochs
+    whose report line a kill cut off come from the newest checkpoint's ``history.json``."""
     by_epoch = {}
     for r in runs:
         for x in r.results:
             if isinstance(x.get("val_acc"), (int, float)) and "epoch" in x:
                 by_epoch[int(x["epoch"])] = x
+    for x in _checkpoint_history(runs):
+        by_epoch.setdefault(int(x["epoch"]), x)
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _checkpoint_history(runs: list[TrialRun]) -> list[dict]:
+    best: list[dict] = []
+    for r in runs:
+        for c in r.path.glob("checkpoint_*/history.json"):
+            try:
+                history = json.loads(c.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(history, list) and len(history) > len(best):
+                best = history
+    return best
 
 
 def candidate_row(runs: list[TrialRun], stage: dict) -> dict:

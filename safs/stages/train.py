@@ -112,7 +112,8 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
                     model.load_state_dict(best_state)
                 final = method.finalize(model) if method is not None else model
                 common.save_model(d / "model.pt", final, meta, spec["sparsity"] and spec["sparsity"]["method"])
-                common.write_history(d, history)
+            # In every checkpoint: a report line can be lost to a kill, the checkpoint's history not.
+            common.write_history(d, history)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
 
 
