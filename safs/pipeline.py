@@ -206,7 +206,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
         tag = f"[{st.index + 1:02d}] {st.name:<12}"
         # Matrix cells running in parallel share prefix stages: one of them trains a shared
         # stage, the others wait for it and then find it done.
-        with exclusive(run_dir / f".{st.dir.name}.lock", wait=True,
+        with exclusive(run_dir / f".{st.hash}.lock", wait=True,
                        on_wait=lambda: echo(f"{tag} waiting: another process is running this stage")):
             _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: orchestrator.ensure_ray(address, num_cpus, verbose),
                        quiet, echo)

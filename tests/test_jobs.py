@@ -329,7 +329,7 @@ def test_submit_stop_and_resubmit_on_a_loopback_cluster(tmp_path):
         assert "safs jobs logs stopme-1" in r.stdout and str(run_dir) in r.stdout
         assert "INFO" not in r.stderr, r.stderr  # Ray's client logging stays quiet
         before = wait_for_told(head, run_dir, "stopme-1", 2, timeout=300)
-        [stage_dir] = run_dir.glob("*-search-*")
+        [stage_dir] = [d for d in run_dir.glob("*-search-*") if d.is_dir()]
         snapshot = {p: p.read_bytes() for p, tok in trial_results(stage_dir).items() if tok in before.values()}
         r = run_safs(head, "jobs", "stop", "stopme-1", "--address", a, "--wait")
         assert r.returncode == 0 and "STOPPED" in r.stdout, r.stdout + r.stderr
