@@ -152,12 +152,13 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
         with exclusive(results / name / ".lock") if not cells else nullcontext():
             width = _parallel_cells(cfgs, parallel, address, num_cpus, verbose) if len(selected) > 1 else 1
             if width > 1:
-                _sweep(path, selected, results, width, address, quiet, verbose)
-            for i, cfg in selected if width == 1 else ():
-                if cfg.variant and not cells:
-                    click.echo(f"safs: [cell {i}: {cfg.variant}]")
-                pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
-                       echo=click.echo, stored=stored, rerun=rerun)
+                _sweep(path, selected, results, width, address, num_cpus, quiet, verbose)
+            else:
+                for i, cfg in selected:
+                    if cfg.variant and not cells:
+                        click.echo(f"safs: [cell {i}: {cfg.variant}]")
+                    pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
+                           echo=click.echo, stored=stored, rerun=rerun)
     except Busy as e:
         _fail(f"{results / name}: {e}; one safs run per pipeline at a time", EXIT_FAILED)
     except StageInterrupted as e:
@@ -184,14 +185,14 @@ def _parallel_cells(cfgs, parallel, address, num_cpus, verbose) -> int:
     return min(parallel, len(cfgs))
 
 
-def _sweep(path: Path, selected, results: Path, width: int, address, quiet: bool, verbose: bool) -> None:
+def _sweep(path: Path, selected, results: Path, width: int, address, num_cpus, quiet: bool, verbose: bool) -> None:
     """The cells, ``width`` at a time, each in a child process on this driver's Ray."""
     import ray
 
     from safs.orchestrator import ensure_ray
     from safs.sweep import child_command, run_cells
 
-    ensure_ray(address, None, verbose)
+    ensure_ray(address, num_cpus, verbose)
     join = address or ray.get_runtime_context().gcs_address  # the local Ray this process started
     click.echo(f"safs: running {len(selected)} cells, {width} at a time")
     codes = run_cells({cfg.variant: child_command(path, results, join, i, quiet, verbose) for i, cfg in selected},
