@@ -297,9 +297,13 @@ def runtime_env(staging: Path) -> dict:
 # ----------------------------------------------------------------------------------- jobs
 
 
-def status_of(client, job_id: str) -> str:
-    status = client.get_job_status(job_id)
+def status_name(status) -> str:
+    """A ``JobStatus`` (or a plain string) as its name: ``SUCCEEDED``, ``STOPPED``, ..."""
     return getattr(status, "value", str(status))
+
+
+def status_of(client, job_id: str) -> str:
+    return status_name(client.get_job_status(job_id))
 
 
 def wait_for(client, job_id: str, poll_s: float = 2.0,
@@ -322,7 +326,7 @@ def active_runs(client, name: str, results: Path) -> list[tuple[str, str]]:
     out = []
     for job in client.list_jobs():
         meta = job.metadata or {}
-        status = getattr(job.status, "value", str(job.status))
+        status = status_name(job.status)
         if (job.submission_id and status not in TERMINAL and meta.get("safs_pipeline") == name
                 and meta.get("safs_results") == str(results)):
             out.append((job.submission_id, status))
@@ -372,7 +376,7 @@ def _time(ms: int | None) -> str:
 def describe(info) -> list[tuple[str, str]]:
     """The fields ``safs jobs status`` prints, in order."""
     meta = info.metadata or {}
-    status = getattr(info.status, "value", str(info.status))
+    status = status_name(info.status)
     rows = [("job", info.submission_id or info.job_id or "-"), ("status", status)]
     if info.message:
         rows.append(("message", info.message.strip().splitlines()[0]))
@@ -536,6 +540,6 @@ def list_cmd(address: str | None):
         return
     width = max(len(j.submission_id) for j in found)
     for j in found:
-        status = getattr(j.status, "value", str(j.status))
+        status = status_name(j.status)
         pipeline = (j.metadata or {}).get("safs_pipeline", "-")
         click.echo(f"{j.submission_id:<{width}}  {status:<9}  {pipeline:<20}  {_time(j.start_time)}")
