@@ -137,15 +137,10 @@ def is_done(stage: StagePlan) -> bool:
 
 def epochs_completed(stage: StagePlan) -> int:
     """Epochs a (possibly interrupted) stage has reported, from its Tune trial logs."""
-    best = 0
-    for result in (stage.dir / "tune").glob("*/trial_*/result.json"):
-        try:
-            lines = result.read_text().strip().splitlines()
-            if lines:
-                best = max(best, int(json.loads(lines[-1]).get("epoch", 0)))
-        except (OSError, ValueError):
-            continue
-    return best
+    from safs.search.trials import result_lines, trial_dirs
+
+    return max((int(x.get("epoch", 0)) for d in trial_dirs(stage.dir) for x in result_lines(d / "result.json")),
+               default=0)
 
 
 def damage(stage: StagePlan) -> str | None:

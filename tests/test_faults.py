@@ -2,7 +2,6 @@
 epoch checkpoint; SIGTERM (what ``ray job stop`` sends) stops a run cleanly and the same
 command continues it."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,22 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
+from safs.search.trials import result_lines
 from test_pipeline_e2e import PIPELINE, by_stage, kill_ray_leftovers, records
 
 pytestmark = pytest.mark.slow
-
-
-def lines_of(path: Path) -> list[dict]:
-    out = []
-    try:
-        for ln in path.read_text().splitlines():
-            try:
-                out.append(json.loads(ln))
-            except ValueError:
-                pass
-    except OSError:
-        pass
-    return out
 
 
 def start(tmp_path: Path, text: str, ray_tmp: str):
@@ -59,7 +46,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_epoch(tmp_path):
     try:
         def dense_at_epoch_2():
             for f in (tmp_path / "results" / "e2e").glob("01-dense-*/tune/*/trial_*/result.json"):
-                got = lines_of(f)
+                got = result_lines(f)
                 if got and got[-1]["epoch"] >= 2:
                     return f, got[-1]
         result_file, last = wait_for(dense_at_epoch_2, p, "the dense stage reached epoch 2")
@@ -70,7 +57,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_epoch(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
         kill_ray_leftovers(ray_tmp)
     assert p.returncode == 0, (tmp_path / "run.log").read_text()
-    reports = lines_of(result_file)
+    reports = result_lines(result_file)
     pids = [r["pid"] for r in reports]
     assert last["pid"] in pids and pids[-1] != last["pid"]  # a new worker finished the trial
     restart = pids.index(pids[-1])
@@ -91,7 +78,7 @@ def test_sigterm_stops_cleanly_and_the_same_command_continues(tmp_path):
     run_dir = tmp_path / "results" / "e2e"
     try:
         def retrain_at_epoch_3():
-            return any(lines_of(f) and lines_of(f)[-1]["epoch"] >= 3
+            return any(result_lines(f) and result_lines(f)[-1]["epoch"] >= 3
                        for f in run_dir.glob("03-retrain-*/tune/*/trial_*/result.json"))
         wait_for(retrain_at_epoch_3, p, "the retrain stage reached epoch 3")
         p.send_signal(signal.SIGTERM)  # to the driver only, as the Ray job supervisor does

@@ -58,7 +58,8 @@ def trial_dirs(stage_dir: Path, trial_ids: list[str] | None = None) -> list[Path
     return out
 
 
-def _result_lines(path: Path) -> list[dict]:
+def result_lines(path: Path) -> list[dict]:
+    """A trial's ``result.json`` reports (JSON lines), skipping a line a kill cut short."""
     try:
         text = path.read_text()
     except OSError:
@@ -88,7 +89,7 @@ def read_runs(stage_dir: Path) -> list[TrialRun]:
             config = json.loads((d / "params.json").read_text())
         except (OSError, ValueError):
             continue  # created, never started
-        runs.append(TrialRun(d, d.name.removeprefix("trial_"), config, _result_lines(d / "result.json"),
+        runs.append(TrialRun(d, d.name.removeprefix("trial_"), config, result_lines(d / "result.json"),
                              _last_error(d / "error.txt")))
     return runs
 
