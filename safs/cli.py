@@ -37,6 +37,9 @@ def _preflight(cfg, path: Path):
         d = d if d.is_absolute() else (path.parent / d)
         cfg = cfg.model_copy(update={"data": data.model_copy(update={"data_dir": str(d.resolve())})})
     cfg = _resolve_spaces(cfg, path)
+    from safs.budget import resolve_budget
+
+    cfg = resolve_budget(cfg, path)
     from safs.data import DataError, check_dataset
 
     try:
@@ -86,11 +89,13 @@ def _check_model(cfg) -> None:
         raise ValueError(f"model.options: {e}") from None
     if cfg.sparsity is not None:
         method = create_method(cfg.sparsity.method, cfg.sparsity.target, cfg.sparsity.options)
-        if method.changes_architecture:  # e.g. SAS: which models and activations it converts
-            try:
-                method.attach(model)
-            except ValueError as e:
-                raise ValueError(f"sparsity.method: {e}") from None
+        # Attached once to the real architecture, so options that name layers (exclude,
+        # layer_targets) and the models SAS converts fail here, before Ray starts.
+        try:
+            method.attach(model)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith("sparsity.") else f"sparsity.method: {msg}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -264,10 +269,10 @@ def list_(what: str):
         for n in list_datasets():
             click.echo(dataset_info(n))
     elif what == "methods":
-        from safs.sparsity import list_methods, method_info
+        from safs.sparsity import list_methods, method_info, method_protocol
 
-        for n in list_methods():
-            click.echo(f"{n:<14} {method_info(n)}")
+        for n in list_methods():  # the protocol says which stage runs it: prune, or train with sparse: true
+            click.echo(f"{n:<14} {method_protocol(n):<16} {method_info(n)}")
     elif what == "algorithms":
         from safs.search import list_optimizers, optimizer_class, optimizer_options
 
@@ -290,31 +295,36 @@ def list_(what: str):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv", "parquet"]), default="markdown",
-              show_default=True, help="latex: a booktabs tabular for \\input; parquet needs --out.")
-@click.option("--layout", type=click.Choice(["stages", "safs", "methods", "trials"]), default="stages",
+              show_default=True,
+              help="markdown, latex (a booktabs tabular for \\input): one cell per value, \"mean ± std\"; "
+                   "csv, parquet (needs --out): numbers only, the mean in the column, its spread in "
+                   "'<column> std', '<column> n', '<gain> lo'/'hi' and '<column> epochs min'/'max'.")
+@click.option("--layout", type=click.Choice(["stages", "safs", "methods", "layers", "trials"]), default="stages",
               show_default=True,
               help="stages: one column per stage label; safs: the SAFS paper's Dense | Magnitude Pruning | "
-                   "Stage 1 | Stage 2 | SAFS (+Δ) table; methods: method × target with accuracy, achieved "
-                   "sparsity, non-zeros and sparse MACs; trials: every trial of the search stages. "
-                   "Mean ± std over seeds.")
+                   "Magnitude Pruning (matched) | Stage 1 | Stage 2 | SAFS table with each column's "
+                   "fine-tuning epochs and the gains of SAFS over both baselines (paired by seed, 95 % "
+                   "interval); methods: method × target with accuracy, achieved sparsity, non-zeros and "
+                   "sparse MACs; layers: one row per layer (weights, non-zeros, sparsity, MACs) of the last "
+                   "stage of each pipeline, or of --stage; trials: every trial of the search stages. "
+                   "Mean ± std over seeds, n = seeds.")
+@click.option("--stage", default=None, metavar="LABEL",
+              help="layers layout: the stage (label or name) to show instead of each pipeline's last; 'all' "
+                   "for every stage.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write to a file instead of stdout.")
-def table(paths, fmt: str, layout: str, out: Path | None):
-    """Results table from run directories (test accuracy % at the best-validation epoch)."""
-    from safs.report.rows import load_results
-    from safs.report.tables import LAYOUTS, render, trials_table
+def table(paths, fmt: str, layout: str, stage: str | None, out: Path | None):
+    """Results table from run directories (test accuracy % at each stage's selected epoch)."""
+    from safs.report.tables import render, table_for
 
-    if layout == "trials":
-        frame = trials_table(paths)
-        if frame.empty:
-            _fail(f"no search stages under {', '.join(map(str, paths))}")
-    else:
-        df = load_results(*paths)
-        if df.empty:
-            _fail(f"no finished stages under {', '.join(map(str, paths))}")
-        frame = LAYOUTS[layout](df)
+    if stage is not None and layout != "layers":
+        _fail("--stage: only with --layout layers")
+    if fmt == "parquet" and out is None:
+        _fail("--format parquet: needs --out FILE")
+    try:
+        frame = table_for(layout, paths, numeric=fmt in ("csv", "parquet"), stage=stage)
+    except ValueError as e:
+        _fail(str(e))
     if fmt == "parquet":
-        if out is None:
-            _fail("--format parquet: needs --out FILE")
         from safs.io import write_parquet
 
         write_parquet(out, frame)
@@ -331,8 +341,9 @@ def table(paths, fmt: str, layout: str, out: Path | None):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--kind", type=click.Choice(["sparsity", "search", "curves"]), required=True,
-              help="sparsity: test accuracy vs sparsity per method; search: best-so-far score vs candidates "
-                   "and vs epochs per search stage; curves: per-epoch train/val accuracy per stage.")
+              help="sparsity: test accuracy vs remaining weights (log axis, 100 % to 1 %), colour per "
+                   "method, marker per model, error bars over seeds; search: best-so-far score vs "
+                   "candidates and vs epochs per search stage; curves: per-epoch train/val accuracy per stage.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="FILE.png or FILE.pdf")
 def plot(paths, kind: str, out: Path):
     """A figure from run directories, sized for a paper column."""

@@ -162,6 +162,10 @@ class TrainStage(TrainingSettings):
     # Whether the sparse method's training hooks run in this stage. None: only after a prune
     # stage (keeps masks fixed while retraining); true: also from scratch (e.g. GMP).
     sparse: bool | None = None
+    # Which epoch the stage keeps (its row, its model.pt, the next stage's start): the best
+    # validation accuracy among the epochs at the stage's final sparsity, or the last epoch
+    # (safs.training.selection).
+    select: Literal["best", "last"] = "best"
 
 
 class FidelityConfig(_Strict):
@@ -308,6 +312,7 @@ class PipelineConfig(_Strict):
                 _check_search_stage(st, f"stages[{i}]", any(s.kind == "prune" for s in self.stages[:i]))
             elif isinstance(st, HpoStage):
                 _check_hpo_stage(st, f"stages[{i}]")
+            _check_protocol(self, i)
             earlier = {s.name: s.kind for s in self.stages[:i]}
             if st.input is not None and st.input not in earlier:
                 raise _FieldError(f"stages[{i}].input", f"'{st.input}' is not an earlier stage; "
@@ -324,6 +329,23 @@ class PipelineConfig(_Strict):
     def prune_target(self, stage: PruneStage) -> float:
         assert self.sparsity is not None
         return stage.target if stage.target is not None else self.sparsity.target
+
+
+def _check_protocol(cfg: "PipelineConfig", i: int) -> None:
+    """A stage may run the method only the way its paper does (``safs.sparsity.PROTOCOLS``):
+    no method may silently become another."""
+    from safs.sparsity import list_methods, method_protocol
+
+    st = cfg.stages[i]
+    if cfg.sparsity is None:
+        return
+    method = cfg.sparsity.method
+    protocol = method_protocol(method)
+    if st.kind == "prune" and protocol == "during_training":
+        one_shot = [m for m in list_methods() if method_protocol(m) != "during_training"]
+        raise _FieldError("sparsity.method", f"'{method}' sparsifies during training, so prune stage "
+                          f"'{st.name}' would make it one-shot pruning; use a train stage with sparse: true "
+                          f"instead (prune stages accept: {', '.join(one_shot)})")
 
 
 def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool) -> None:

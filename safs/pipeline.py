@@ -17,7 +17,8 @@ from typing import Any
 from safs.config import ActivationSearchStage, HpoStage, PipelineConfig, PruneStage, TrainStage
 from safs.io import read_json
 
-HASH_VERSION = 1
+# 2: a train stage's model.pt is its selected epoch (was: its last), every trial is seeded.
+HASH_VERSION = 2
 RECORD = "stage.json"
 MODEL = "model.pt"
 
@@ -367,7 +368,8 @@ def _complete(st: StagePlan, spec: dict, record: dict, checkpoint: Path, trial_i
     history = json.loads((checkpoint / "history.json").read_text())
     model, blob = load_model(st.model_path)
     m = measure(model, tuple(blob["model"]["input_shape"]))
-    row = make_row(spec, history, m, wall_s=wall, trial_id=trial_id, status="done")
+    row = make_row(spec, history, m, wall_s=wall, trial_id=trial_id, status="done",
+                   finetune_epochs=_finetune_epochs(st, spec, history))
     rec = {
         **record,
         "status": "done",
@@ -386,9 +388,23 @@ def _complete(st: StagePlan, spec: dict, record: dict, checkpoint: Path, trial_i
     return rec
 
 
+def _finetune_epochs(st: StagePlan, spec: dict, history: list[dict]) -> int:
+    """Epochs of training behind this stage's model since the last prune stage on its lineage
+    (a prune stage starts the count at 0): its input's count plus the epochs this stage (or
+    its chosen candidate) trained."""
+    if st.kind == "prune":
+        return 0
+    upstream = 0
+    if spec.get("input"):
+        rec = read_json(Path(spec["input"]).parent / RECORD) or {}
+        upstream = int((rec.get("row") or {}).get("finetune_epochs") or 0)
+    return upstream + int(history[-1].get("epoch", 0) if history else 0)
+
+
 def _summary(rec: dict | None) -> str:
     row = (rec or {}).get("row") or {}
     if not row:
         return ""
+    epoch = f" (epoch {row['selected_epoch']})" if row.get("selected_epoch") else ""
     return (f"val_acc={row['val_acc']:.4f} test_acc={row['test_acc']:.4f} "
-            f"sparsity={row['achieved_sparsity']:.4f}")
+            f"sparsity={row['achieved_sparsity']:.4f}{epoch}")

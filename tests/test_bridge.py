@@ -372,6 +372,99 @@ def test_requeued_candidates_run_first_and_resume_their_earlier_trials(tmp_path)
     assert by_token[c2["token"]]["resume_from"] == ["a2", "b1"]
 
 
+# --------------------------------------------------------------------------- origins
+
+
+def tune_trial(stage_dir, attempt: int, trial_id: str, suggestion: dict, val_acc: float | None = None) -> None:
+    """What Tune leaves in a trial directory: the config as ``params.json``, and the reports
+    of a trial that trained its one epoch."""
+    d = stage_dir / "tune" / f"attempt-{attempt}" / f"trial_{trial_id}"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps({"spec": {}, **suggestion}))
+    if val_acc is not None:
+        (d / "result.json").write_text(json.dumps({"epoch": 1, "val_acc": val_acc, "test_acc": val_acc}) + "\n")
+
+
+@pytest.mark.parametrize("backend", ["smac", "optuna"])
+def test_origins_reach_the_trials_table_and_survive_a_resume(tmp_path, backend):
+    """The HPO candidate carries the optimizer's origin into the trial's params.json, the
+    trials table reads it from there, and a stage stopped with candidates running keeps
+    every origin: the told candidates' from their old trial directories, the requeued ones'
+    from the candidate the searcher persisted."""
+    from safs.search.hpo_backends import create_backend
+    from safs.search.hpo_space import load_space, paper_settings, with_defaults
+    from safs.search.trials import trials_frame
+
+    cs = with_defaults(load_space("safs"), paper_settings("resnet18/cifar10"))
+    options = {"n_trials": 7, **({"n_init": 3} if backend == "smac" else {})}
+    path = tmp_path / "search_state.json"
+
+    def score(candidate):
+        return 0.5 + 0.01 * candidate["token"]
+
+    a = AskTellSearcher(create_backend(backend, cs, 0, options), max_concurrent=2, state_path=path)
+    a.set_search_properties("score", "max", {})
+    first = {}
+    for i in range(4):  # t0, t1 start; t0 finishes; t2 starts; t1 finishes; t3 starts
+        out = a.suggest(f"t{i}")
+        first[f"t{i}"] = out
+        tune_trial(tmp_path, 1, f"t{i}", out)
+        if i in (1, 2):
+            done = f"t{i - 1}"
+            a.on_trial_complete(done, {"score": score(first[done]["candidate"])})
+            (tmp_path / "tune/attempt-1" / f"trial_{done}").joinpath("result.json").write_text(
+                json.dumps({"epoch": 1, "val_acc": score(first[done]["candidate"]), "test_acc": 0.1}) + "\n")
+    assert first["t0"]["candidate"]["origin"] == "default"
+    assert first["t0"]["candidate"]["config"] == dict(cs.get_default_configuration())
+    saved = json.loads(path.read_text())  # the stage is killed: t2 and t3 were running
+    assert {c["token"]: c["origin"] for c in saved["candidates"].values()} == {
+        2: first["t2"]["candidate"]["origin"], 3: first["t3"]["candidate"]["origin"]}
+
+    b = AskTellSearcher(create_backend(backend, cs, 0, options), max_concurrent=2, state_path=path)
+    b.set_state(saved)
+    b.set_search_properties("score", "max", {})
+    assert b.requeue_live() == [2, 3]
+    live, n = [], 0
+    while True:
+        out = b.suggest(f"u{n}")
+        if isinstance(out, dict):
+            live.append((f"u{n}", out))
+            tune_trial(tmp_path, 2, f"u{n}", out, score(out["candidate"]))
+            n += 1
+            continue
+        if out == Searcher.FINISHED:
+            break
+        trial_id, out = live.pop(0)
+        b.on_trial_complete(trial_id, {"score": score(out["candidate"])})
+    told = {int(v["token"]) for v in json.loads(path.read_text())["told"].values()}
+    df = trials_frame(tmp_path, {"epochs_per_trial": 1}, told).set_index("token")
+    assert list(df.index) == list(range(7)) and set(df["status"]) == {"done"}
+    assert df["origin"].to_dict() == {t: b.optimizer.origin(t) for t in range(7)}
+    for trial_id in ("t0", "t1", "t2", "t3"):
+        token = first[trial_id]["candidate"]["token"]
+        assert df.loc[token, "origin"] == first[trial_id]["candidate"]["origin"]
+    assert df.loc[2, "trial_id"].startswith("u")  # the requeued rows come from the new attempt
+    assert df.loc[0, "origin"] == "default" and (df["origin"] == "default").sum() == 1
+    if backend == "smac":
+        assert list(df.loc[1:2, "origin"]) == ["initial_design"] * 2
+        assert set(df.loc[3:, "origin"]) <= {"model", "random"}
+    else:
+        assert set(df.loc[1:, "origin"]) == {"sampler"}
+
+
+def test_genome_candidates_carry_no_origin_and_their_rows_leave_it_null(tmp_path):
+    from safs.search.trials import trials_frame
+
+    s = searcher_for(RandomSearch(make_space(), 0, samples=2), max_concurrent=2)
+    assert s.optimizer.origin(0) is None
+    for i in range(2):
+        out = s.suggest(f"t{i}")
+        assert "origin" not in out["candidate"]
+        tune_trial(tmp_path, 1, f"t{i}", out, 0.5)
+    df = trials_frame(tmp_path, {"epochs_per_candidate": 1})
+    assert "origin" in df.columns and df["origin"].isna().all()
+
+
 # --------------------------------------------------------------------------- a real Tune run
 
 TOY_SPACE = GenomeSpace(("s0", "s1", "s2"), ("a", "b", "c", "boom"), None)

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import zlib
 
 import pytest
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, Float
@@ -250,6 +251,23 @@ def test_state_is_refused_by_a_differently_configured_optimizer(backend):
             create_backend(backend, cs, 0, {"n_trials": 4}).load_state_dict(state)
 
 
+def test_smac_refuses_a_snapshot_of_a_scenario_without_the_default_configuration():
+    """A snapshot from before the default was the first trial is refused, not resumed as a
+    search that would ask the default in the middle."""
+    import base64
+
+    cs = make_space()
+    opt = smac(cs, 0, n_trials=4)
+    opt.tell(opt.ask()[0], 0.5)
+    state = opt.state_dict()
+    scenario = json.loads(base64.b64decode(state["smac_files"]["scenario.json"]))
+    assert scenario["use_default_config"] is True
+    scenario["use_default_config"] = False
+    state["smac_files"]["scenario.json"] = base64.b64encode(json.dumps(scenario).encode()).decode()
+    with pytest.raises(ValueError, match=r"differs in: use_default_config"):
+        smac(cs, 0, n_trials=4).load_state_dict(state)
+
+
 @pytest.mark.parametrize("backend", ["smac", "optuna"])
 def test_pickling_is_cheap_and_a_pickled_copy_continues(backend):
     cs = make_space()
@@ -257,6 +275,7 @@ def test_pickling_is_cheap_and_a_pickled_copy_continues(backend):
     assert len(pickle.dumps(opt)) < 50_000  # nothing built yet: what Tune writes into tuner.pkl
     first = opt.ask()
     copy = pickle.loads(pickle.dumps(opt))  # mid-run: the live facade/study travels as its state
+    assert copy.origin(first[0]) == "default"  # outstanding, its origin travels too
     copy.tell(first[0], objective(first[1]))
     asked = run(copy)
     assert [t for t, _ in asked] == [1, 2, 3] and len(copy.history) == 4
@@ -274,7 +293,7 @@ def first_configs(opt, n: int) -> list[dict]:
 
 def test_smac_same_seed_same_configs():
     cs = make_space()
-    a = first_configs(smac(cs, 5, n_trials=6, n_init=3), 4)  # 3 from the initial design, 1 from the model
+    a = first_configs(smac(cs, 5, n_trials=6, n_init=3), 4)  # the default, 2 from the initial design, 1 modelled
     assert a == first_configs(smac(cs, 5, n_trials=6, n_init=3), 4)
     assert a[:3] != first_configs(smac(cs, 6, n_trials=6, n_init=3), 3)
 
@@ -321,6 +340,162 @@ def test_smac_multi_fidelity_asks_budgets_between_min_and_max():
     config, score = opt.best()
     top = [r for r in opt.history if r["budget"] == 9.0]
     assert config["budget"] == 9.0 and score == max(r["score"] for r in top)
+
+
+# --- the first trial: the stage's own configuration; where each one came from ---------------
+PAPER_KEYS = ["lenet5/mnist", "resnet18/cifar10"]
+MULTI_FIDELITY = {"facade": "multi_fidelity", "min_budget": 1, "max_budget": 9}
+BACKEND_CASES = [("smac", {}), ("smac", MULTI_FIDELITY), ("optuna", {})]
+BACKEND_IDS = ["smac", "smac-multi_fidelity", "optuna"]
+
+
+def stage_space(key: str) -> ConfigurationSpace:
+    """The built-in space with a paper model's training settings as its defaults, as an hpo
+    stage builds it."""
+    from safs.search.hpo_space import load_space, paper_settings, with_defaults
+
+    return with_defaults(load_space("safs"), paper_settings(key))
+
+
+def without_budget(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "budget"}
+
+
+def default_of(cs: ConfigurationSpace) -> dict:
+    return {k: v.item() if hasattr(v, "item") else v for k, v in dict(cs.get_default_configuration()).items()}
+
+
+def stage_score(config: dict) -> float:
+    """A repeatable score in [0.5, 0.6) for any configuration of the built-in space."""
+    return 0.5 + zlib.crc32(json.dumps(config, sort_keys=True).encode()) % 100 / 1000
+
+
+def test_the_paper_defaults_make_different_default_configurations():
+    """So a first trial equal to each one's default is the stage's own, not a fixed point."""
+    lenet, resnet = (default_of(stage_space(k)) for k in PAPER_KEYS)
+    assert lenet["optim_name"] == "adam" and lenet["lr_Adam"] == 1e-3
+    assert resnet["optim_name"] == "sgd" and resnet["lr_SGD"] == 1e-2 and resnet["lr_scheduler"] == "plateau"
+
+
+@pytest.mark.parametrize("key", PAPER_KEYS)
+@pytest.mark.parametrize("backend,options", BACKEND_CASES, ids=BACKEND_IDS)
+def test_the_first_trial_is_the_stages_own_configuration(backend, options, key):
+    cs = stage_space(key)
+    default = default_of(cs)
+    for seed in (0, 1, 2):
+        opt = create_backend(backend, cs, seed, {"n_trials": 8, **options})
+        token, config = opt.ask()
+        assert token == 0 and without_budget(config) == default, (seed, config)
+        assert opt.origin(0) == "default"
+        if "budget" in config:  # Hyperband's first bracket starts at the lowest budget
+            assert config["budget"] == 1.0
+        opt.tell(0, 0.5)
+        later = [opt.ask() for _ in range(3)]
+        assert all(without_budget(c) != default for _, c in later)
+        assert all(opt.origin(t) != "default" for t, _ in later)
+        assert opt.origin(0) == "default"  # still known once told
+
+
+def test_smac_labels_the_default_then_its_initial_design_then_model_and_random_proposals():
+    cs = make_space()
+    opt = smac(cs, 1, n_trials=20, n_init=5)
+    asked = run(opt, cs=cs)
+    origins = [opt.origin(t) for t, _ in asked]
+    assert origins[:5] == ["default"] + ["initial_design"] * 4  # n_init counts the default
+    assert set(origins[5:]) == {"model", "random"}  # SMAC interleaves random configurations
+    assert asked[0][1] == default_of(cs)
+    assert [r["origin"] for r in opt.history] == origins
+
+
+def test_smac_n_init_may_be_every_trial_and_one_means_only_the_default():
+    cs = make_space()
+    opt = smac(cs, 0, n_trials=4, n_init=4)
+    assert [opt.origin(t) for t, _ in run(opt, cs=cs)] == ["default"] + ["initial_design"] * 3
+    opt = smac(cs, 0, n_trials=4, n_init=1)
+    origins = [opt.origin(t) for t, _ in run(opt, cs=cs)]
+    assert origins[0] == "default" and "initial_design" not in origins
+
+
+def test_smac_puts_the_default_first_when_its_initial_design_also_drew_it():
+    """In a 6-point space the Sobol design of seeds 1 and 2 contains the default itself."""
+    from ConfigSpace import Categorical
+
+    cs = ConfigurationSpace(seed=0)
+    cs.add([Categorical("a", ["x", "y", "z"], default="y"), Categorical("b", ["u", "v"], default="v")])
+    for seed in (1, 2):
+        opt = smac(cs, seed, n_trials=6, n_init=6)
+        asked = run(opt, stage_score)
+        assert asked[0][1] == {"a": "y", "b": "v"}
+        assert [opt.origin(t) for t, _ in asked].count("default") == 1 and opt.origin(0) == "default"
+        assert len({json.dumps(c, sort_keys=True) for _, c in asked}) == 6  # nothing asked twice
+
+
+def test_smac_multi_fidelity_keeps_a_promoted_configurations_origin():
+    """SMAC relabels an unlabelled configuration "Custom" when it is told; a configuration
+    promoted to a higher budget keeps the origin it was first asked with."""
+    cs = make_space()
+    default = default_of(cs)
+    opt = smac(cs, 0, n_trials=20, n_init=5, **MULTI_FIDELITY)
+
+    def score(config):  # the default is the best: Hyperband promotes it to every budget
+        return 1.0 if without_budget(config) == default else 0.5 * objective(config)
+
+    asked = run(opt, score, cs=cs)
+    first_origin: dict[str, str] = {}
+    for token, config in asked:
+        key = json.dumps(without_budget(config), sort_keys=True)
+        first_origin.setdefault(key, opt.origin(token))
+        assert opt.origin(token) == first_origin[key], (token, config)
+        assert (opt.origin(token) == "default") == (without_budget(config) == default)
+    assert [c["budget"] for t, c in asked if opt.origin(t) == "default"] == [1.0, 3.0, 9.0]
+    assert {"initial_design", "random", "model"} <= set(first_origin.values())
+
+
+def test_optuna_labels_the_default_then_its_sampler():
+    cs = make_space()
+    opt = optuna(cs, 0, n_trials=6)
+    asked = run(opt, cs=cs)
+    assert [opt.origin(t) for t, _ in asked] == ["default"] + ["sampler"] * 5
+    assert opt.origin(99) is None
+
+
+@pytest.mark.parametrize("backend,options", BACKEND_CASES, ids=BACKEND_IDS)
+def test_a_state_saved_before_the_first_ask_still_starts_with_the_default(backend, options):
+    cs = stage_space("resnet18/cifar10")
+    saved = json.loads(json.dumps(create_backend(backend, cs, 0, {"n_trials": 6, **options}).state_dict()))
+    fresh = create_backend(backend, cs, 0, {"n_trials": 6, **options})
+    fresh.load_state_dict(saved)
+    token, config = fresh.ask()
+    assert token == 0 and without_budget(config) == default_of(cs) and fresh.origin(0) == "default"
+
+
+@pytest.mark.parametrize("backend,options", BACKEND_CASES, ids=BACKEND_IDS)
+def test_origins_survive_a_resume_and_the_default_is_not_proposed_again(backend, options):
+    cs = stage_space("lenet5/mnist")
+    settings = {"n_trials": 10, **options, **({"n_init": 3} if backend == "smac" else {})}
+    opt = create_backend(backend, cs, 4, settings)
+    asked = [opt.ask() for _ in range(4)]
+    for token, config in asked[1:]:  # the default (token 0) stays outstanding across the restore
+        opt.tell(token, stage_score(config))
+    before = {t: opt.origin(t) for t, _ in asked}
+    assert before[0] == "default"
+    fresh = create_backend(backend, cs, 4, settings)
+    fresh.load_state_dict(json.loads(json.dumps(opt.state_dict())))
+    assert {t: fresh.origin(t) for t, _ in asked} == before
+    fresh.tell(0, 0.9)
+    after = run(fresh, stage_score)
+    assert [t for t, _ in after] == list(range(4, 10))
+    default = default_of(cs)
+    for token, config in after:  # the default again only as a promotion to a higher budget
+        is_default = without_budget(config) == default
+        assert (fresh.origin(token) == "default") == is_default
+        assert not is_default or config["budget"] > asked[0][1]["budget"]
+    if backend == "smac" and not options:
+        assert [fresh.origin(t) for t, _ in asked + after][:3] == ["default", "initial_design", "initial_design"]
+        assert {fresh.origin(t) for t, _ in after} <= {"model", "random"}
+    if backend == "optuna":
+        assert {fresh.origin(t) for t, _ in after} == {"sampler"}
+    assert [r["origin"] for r in fresh.history] == [fresh.origin(r["token"]) for r in fresh.history]
 
 
 # --- registry -----------------------------------------------------------------------------
@@ -380,7 +555,8 @@ def test_backends_drive_the_tune_bridge(backend):
         out = searcher.suggest(f"t{n}")
         if isinstance(out, dict):
             candidate = out["candidate"]
-            assert set(candidate) == {"token", "config"}
+            assert set(candidate) == {"token", "config", "origin"}
+            assert (candidate["origin"] == "default") == (candidate["token"] == 0)
             config = candidate["config"]
             check_config(cs, config)
             live.append((f"t{n}", config))

@@ -83,7 +83,8 @@ def test_safs_pipeline_fills_the_five_columns(tmp_path, ray_tmp):
     cells = dict(zip(header.split(","), row.split(",")))
     for col in ("Dense", "Magnitude Pruning", "Stage 1", "Stage 2", "SAFS"):
         assert cells[col].strip(), (col, t.stdout)
-    assert "(+" in cells["SAFS"] or "(-" in cells["SAFS"]
+    # csv is numeric: the gain of SAFS over Magnitude Pruning is its own column (one seed: no interval)
+    assert float(cells["Δ vs MP"]) == pytest.approx(float(cells["SAFS"]) - float(cells["Magnitude Pruning"]), abs=0.01)
 
     recs = records(run_dir)
     for hpo_name, final_name in (("hpo_relu", "stage2"), ("hpo", "final")):
@@ -149,6 +150,13 @@ def test_sigkill_during_hpo_resumes_without_repeating_finished_trials(tmp_path, 
     assert len(df) == trials and sorted(df["token"]) == list(range(trials))
     assert set(df["status"]) == {"done"}
     assert len({c for c in df["config"]}) == trials  # no configuration trained twice
+    # The first trial is the stage's own configuration (adam at lr 0.003, from the defaults),
+    # and every origin, the requeued candidate's included, survived the kill.
+    assert df["origin"].iloc[0] == "default"
+    first = json.loads(df["config"].iloc[0])
+    assert first["optim_name"] == "adam" and first["lr_Adam"] == 0.003
+    later = set(df["origin"].iloc[1:])
+    assert later and later <= ({"sampler"} if backend == "optuna" else {"initial_design", "model", "random"})
     after = finished(stage[0], epochs)
     for name, text_before in before.items():  # finished trials were not run again
         assert after[name] == text_before
@@ -192,6 +200,7 @@ def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, r
     [stage] = list((tmp_path / "r" / "nan").glob("04-hpo-*"))
     df = pd.read_parquet(stage / "trials.parquet")
     assert len(df) == 6
+    assert list(df["origin"]) == ["default"] + ["sampler"] * 5
     lrs = df["config"].map(lambda c: json.loads(c)["lr"])
     assert set(df.loc[lrs > 1, "status"]) == {"failed"} and (lrs > 1).any()
     assert df.loc[lrs > 1, "error"].str.contains("nan").all()

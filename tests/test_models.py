@@ -120,6 +120,45 @@ def test_efficientnet_defaults_to_swish():
     assert default_activation("lenet5") == "relu"
 
 
+def _block_parts(block, x):
+    """A block's pre-gate output ``out`` and its SE gate ``w``, computed step by step."""
+    out = block.act1(block.bn1(block.expand(x)))
+    out = block.act2(block.bn2(block.depthwise(out)))
+    out = block.bn3(block.project(out))
+    se = block.se
+    return out, torch.sigmoid(se.fc2(se.act(se.fc1(se.pool(out)))))
+
+
+@pytest.mark.parametrize("stride2_residual", [False, True])
+def test_efficientnet_stride2_blocks_add_their_own_output_only_with_the_option(stride2_residual):
+    torch.manual_seed(0)
+    options = {"stride2_residual": True} if stride2_residual else {}
+    model = create_model("efficientnet_b0", 10, (3, 32, 32), **options).eval()
+    stride2 = [i for i, b in enumerate(model.blocks) if b.depthwise.stride == (2, 2)]
+    assert stride2 == [0, 3, 5, 11, 15]
+    with torch.no_grad():
+        x = model.stem(torch.randn(2, 3, 32, 32))
+        for i, block in enumerate(model.blocks):
+            out, w = _block_parts(block, x)
+            y = block(x)
+            if i in stride2:
+                expected = out * w + out if stride2_residual else out * w  # the original: out·w + out
+                assert torch.allclose(y, expected, rtol=1e-5, atol=1e-8), i
+                other = out * w if stride2_residual else out * w + out  # differs from y by out
+                assert float((y - other).abs().max()) == pytest.approx(float(out.abs().max()), rel=1e-4), i
+            else:  # stride 1: unchanged by the option
+                assert torch.allclose(y, out * w + block.shortcut(x), rtol=1e-5, atol=1e-8), i
+            x = y
+    assert weight_count(model) == EXPECTED_WEIGHTS["efficientnet_b0"]  # no parameters added
+
+
+def test_efficientnet_stride2_residual_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"model\.options\.stride2_residual"):
+        create_model("efficientnet_b0", 10, (3, 32, 32), stride2_residual="yes")
+    with pytest.raises(ValueError, match=r"model\.options\.stride2_residual: unknown option"):
+        create_model("lenet5", 10, (1, 28, 28), stride2_residual=True)
+
+
 def test_activation_override():
     model = create_model("efficientnet_b0", 10, (3, 32, 32), activation="acon")
     assert set(genome(model).values()) == {"acon"}

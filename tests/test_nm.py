@@ -258,7 +258,7 @@ def test_gumbel_on_a_masked_model_keeps_the_masks_and_trains_the_weights():
     assert second.mode == "fixed"
     groups = [{"params": list(model.parameters())}]
     assert second.param_groups(model, groups) is groups
-    second.prune(model, 0.5)  # a prune stage after the learning stage keeps the learned masks
+    second.prune(model, 0.5)  # direct use (no prune stage runs nm_gumbel): the learned masks stay
     w0 = {n: m.weight.detach().clone() for n, m in masked_layers(model).items()}
     train_steps(model, second, steps=4)
     for n, m in masked_layers(model).items():
@@ -403,10 +403,6 @@ GUMBEL_STAGE = """\
 """
 GUMBEL_PIPELINE = HEAD.format(name="nm_gumbel", method="nm_gumbel", options=", options: {init: magnitude}") \
     + GUMBEL_STAGE + TAIL
-# Until safs.pipeline.plan treats a `sparse: true` train stage like a prune stage for the stages
-# after it, the search would train the learned 2:4 model densely; a prune stage after the
-# learning stage fixes the learned masks (nm_gumbel's prune keeps them) and attaches the method.
-GUMBEL_PIPELINE_WITH_FIX = GUMBEL_PIPELINE.replace(TAIL, "  - {name: fix, kind: prune}\n" + TAIL)
 
 
 def method_follows_sparse_train(yaml_text: str, tmp_path: Path) -> bool:
@@ -462,10 +458,9 @@ def test_pipeline_nm_magnitude_prune_search_train(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pipeline_nm_gumbel_learn_search_train(tmp_path):
-    text = GUMBEL_PIPELINE
-    if not method_follows_sparse_train(text, tmp_path):
-        text = GUMBEL_PIPELINE_WITH_FIX
-        assert method_follows_sparse_train(text, tmp_path)
-    models = run_pipeline(tmp_path, text, "nm_gumbel")
-    for stage in [s for s in ("masks", "fix", "search", "final") if s in models]:
+    # No prune stage (nm_gumbel is a during-training method): the stages after the sparse
+    # train stage run the method, so they keep the learned masks fixed.
+    assert method_follows_sparse_train(GUMBEL_PIPELINE, tmp_path)
+    models = run_pipeline(tmp_path, GUMBEL_PIPELINE, "nm_gumbel")
+    for stage in ("masks", "search", "final"):
         assert_model_file_valid(models[stage], stage)

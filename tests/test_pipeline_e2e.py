@@ -111,10 +111,11 @@ def test_sigkill_during_retrain_resumes_without_repeating_dense(tmp_path):
     table = subprocess.run(safs_cmd() + ["table", str(run_dir), "--format", "csv"], capture_output=True,
                            text=True, env=env)
     header = table.stdout.splitlines()[0].split(",")
-    assert header == ["pipeline", "model", "dataset", "method", "target %", "achieved sparsity %",
-                      "Dense", "Pruned", "Magnitude Pruning"]
+    assert header == ["pipeline", "model", "dataset", "method", "target %", "n", "achieved sparsity %",
+                      "achieved sparsity % std", "Dense", "Dense std", "Dense n", "Pruned", "Pruned std", "Pruned n",
+                      "Magnitude Pruning", "Magnitude Pruning std", "Magnitude Pruning n"]
     row = table.stdout.splitlines()[1].split(",")
-    assert row[:4] == ["e2e", "lenet5", "mnist5k", "lwm"] and float(row[5]) == pytest.approx(80.0, abs=0.1)
+    assert row[:4] == ["e2e", "lenet5", "mnist5k", "lwm"] and float(row[6]) == pytest.approx(80.0, abs=0.1)
 
 
 def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session, monkeypatch):

@@ -11,10 +11,13 @@ STAGE = {"epochs_per_candidate": 3}
 
 
 def trial(stage_dir: Path, attempt: int, trial_id: str, token: int, accs: list[float], *, first_epoch: int = 1,
-          error: str | None = None, failed: str | None = None, final: bool = False) -> Path:
+          error: str | None = None, failed: str | None = None, final: bool = False,
+          candidate: dict | None = None) -> Path:
+    """A trial directory; ``candidate`` (without the token) replaces the default genome one."""
     d = stage_dir / "tune" / f"attempt-{attempt}" / f"trial_{trial_id}"
     d.mkdir(parents=True)
-    (d / "params.json").write_text(json.dumps({"spec": {}, "candidate": {"token": token, "genome": {"s0": f"op{token}"}}}))
+    cand = {"token": token, **(candidate or {"genome": {"s0": f"op{token}"}})}
+    (d / "params.json").write_text(json.dumps({"spec": {}, "candidate": cand}))
     lines = [{"epoch": first_epoch + i, "val_acc": a, "test_acc": a / 2, "time_total_s": 1.0 + i}
              for i, a in enumerate(accs)]
     if failed:
@@ -85,3 +88,43 @@ def test_an_epoch_whose_report_a_kill_cut_off_comes_from_the_checkpoint(tmp_path
     assert row.status == "done" and row.epochs == 3
     assert list(row.val_acc_per_epoch) == [0.1, 0.7, 0.4]
     assert row.score == 0.7 and row.best_epoch == 2 and row.test_acc == 0.35
+
+
+def hpo(config: dict, origin: str | None = None) -> dict:
+    return {"config": config, **({"origin": origin} if origin else {})}
+
+
+def test_the_origin_column_comes_from_the_candidate_and_survives_a_rerun(tmp_path):
+    trial(tmp_path, 1, "a", 0, [0.1, 0.2, 0.3], candidate=hpo({"lr": 0.1}, "default"))
+    trial(tmp_path, 1, "b", 1, [0.4], candidate=hpo({"lr": 0.2}, "initial_design"))  # running at the stop
+    trial(tmp_path, 2, "c", 1, [0.5, 0.35], first_epoch=2, candidate=hpo({"lr": 0.2}, "initial_design"))
+    trial(tmp_path, 2, "d", 2, [0.2, 0.2, 0.2], candidate=hpo({"lr": 0.3}, "model"))
+    trial(tmp_path, 2, "e", 3, [0.2, 0.2, 0.2], candidate=hpo({"lr": 0.4}))  # asked before origins existed
+    df = trials_frame(tmp_path, STAGE)
+    assert list(df.columns).index("origin") == list(df.columns).index("config") + 1
+    assert list(df["origin"][:3]) == ["default", "initial_design", "model"] and pd.isna(df["origin"][3])
+    assert df.iloc[0]["origin"] == "default" and df.iloc[1]["trial_id"] == "c"
+    path = tmp_path / "trials.parquet"
+    df.to_parquet(path)
+    assert list(pd.read_parquet(path)["origin"][:3]) == ["default", "initial_design", "model"]
+    genome_only = tmp_path / "genomes"
+    trial(genome_only, 1, "g", 0, [0.1, 0.2, 0.3])
+    assert trials_frame(genome_only, STAGE)["origin"].isna().all()
+
+
+def test_multi_fidelity_best_is_ranked_at_the_highest_budget_first(tmp_path):
+    """As SMAC's incumbent: a 1-epoch 0.81 does not beat a 3-epoch 0.80."""
+    trial(tmp_path, 1, "a", 0, [0.81], candidate=hpo({"lr": 0.1, "budget": 1.0}), final=True)
+    trial(tmp_path, 1, "b", 1, [0.5, 0.6, 0.80], candidate=hpo({"lr": 0.2, "budget": 3.0}), final=True)
+    trial(tmp_path, 1, "c", 2, [0.5, 0.6, 0.79], candidate=hpo({"lr": 0.3, "budget": 3.0}), final=True)
+    trial(tmp_path, 1, "d", 3, [0.9], candidate=hpo({"lr": 0.4, "budget": 1.0}), final=True)
+    df = trials_frame(tmp_path, STAGE)
+    assert set(df["status"]) == {"done"}
+    row, _ = best_candidate(df, tmp_path)
+    assert row["token"] == 1 and json.loads(row["config"])["budget"] == 3.0
+    assert "_budget" not in row
+    # without a final checkpoint at the top budget, the best of the next budget down
+    assert best_candidate(df[df.token.isin([0, 3])], tmp_path)[0]["token"] == 3
+    for d in (tmp_path / "tune/attempt-1").glob("trial_[bc]/checkpoint_*"):
+        (d / "model.pt").unlink()
+    assert best_candidate(df, tmp_path)[0]["token"] == 3

@@ -1,6 +1,10 @@
 """EfficientNet-B0 for small inputs (CIFAR, ImageNet16): stride-1 stem, 16 MBConv blocks.
 
 Default activation is ``swish`` (``alpha * sigmoid(beta * x) * x``), as in SAFS.
+
+Option ``stride2_residual`` (default false): the original SAFS model adds the block's own
+pre-gate output at stride 2, ``out·w + out`` (its shortcut at stride 2 is ``out`` itself);
+by default a stride-2 block has no residual (``out·w``), as in EfficientNet proper.
 """
 
 from __future__ import annotations
@@ -49,10 +53,12 @@ class SqueezeExcitation(nn.Module):
 
 class MBConv(nn.Module):
     """expand 1x1 -> BN -> act -> depthwise 3x3 -> BN -> act -> project 1x1 -> BN -> SE,
-    plus a residual when the stride is 1."""
+    plus a residual when the stride is 1 (and, with ``stride2_residual``, the pre-gate
+    output itself at stride 2)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, expansion: int, stride: int, activation: str
+        self, in_channels: int, out_channels: int, expansion: int, stride: int, activation: str,
+        stride2_residual: bool = False,
     ):
         super().__init__()
         hidden = in_channels * expansion
@@ -70,8 +76,10 @@ class MBConv(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.se = SqueezeExcitation(out_channels, activation)
 
-        # Residual only at stride 1; a 1x1 conv + BN matches channels when they differ.
-        self.has_residual = stride == 1
+        # Residual x at stride 1; a 1x1 conv + BN matches channels when they differ. At stride 2
+        # x has the wrong size; the original adds the block's own pre-gate output instead.
+        self.stride2_residual = stride != 1 and stride2_residual
+        self.has_residual = stride == 1 or self.stride2_residual
         if stride == 1 and in_channels != out_channels:
             self.shortcut: nn.Module = nn.Sequential(OrderedDict(
                 conv=nn.Conv2d(in_channels, out_channels, 1, bias=False),
@@ -83,14 +91,20 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.act1(self.bn1(self.expand(x)))
         out = self.act2(self.bn2(self.depthwise(out)))
-        out = self.se(self.bn3(self.project(out)))
+        out = self.bn3(self.project(out))
+        gated = self.se(out)
+        if self.stride2_residual:
+            return gated + out  # out·w + out
         if self.has_residual:
-            out = out + self.shortcut(x)
-        return out
+            return gated + self.shortcut(x)
+        return gated
 
 
 class EfficientNetB0(nn.Module):
-    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], activation: str):
+    def __init__(
+        self, num_classes: int, input_shape: tuple[int, int, int], activation: str,
+        stride2_residual: bool = False,
+    ):
         super().__init__()
         self.stem = nn.Sequential(OrderedDict(
             conv=nn.Conv2d(input_shape[0], STEM_CHANNELS, 3, 1, padding=1, bias=False),
@@ -102,7 +116,8 @@ class EfficientNetB0(nn.Module):
         for expansion, out_channels, n, stride in B0_STAGES:
             for i in range(n):
                 blocks.append(
-                    MBConv(in_channels, out_channels, expansion, stride if i == 0 else 1, activation)
+                    MBConv(in_channels, out_channels, expansion, stride if i == 0 else 1, activation,
+                           stride2_residual)
                 )
                 in_channels = out_channels
         # Slot names: stem.act, blocks.<i>.act1, blocks.<i>.act2, blocks.<i>.se.act.
@@ -124,6 +139,10 @@ class EfficientNetB0(nn.Module):
     "EfficientNet-B0 for small inputs (stride-1 stem, SE on block output)",
 )
 def build_efficientnet_b0(
-    num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None
+    num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None, *,
+    stride2_residual: bool = False,
 ) -> nn.Module:
-    return EfficientNetB0(num_classes, input_shape, activation or "swish")
+    """``stride2_residual``: stride-2 blocks output ``out·w + out``, as the original SAFS model."""
+    if not isinstance(stride2_residual, bool):
+        raise ValueError(f"model.options.stride2_residual: must be true or false (got {stride2_residual!r})")
+    return EfficientNetB0(num_classes, input_shape, activation or "swish", stride2_residual)

@@ -26,25 +26,81 @@ def _figure(ncols: int = 1, height: float = 2.6):
     return fig, list(axes[0])
 
 
-def sparsity_plot(df: pd.DataFrame):
-    """Test accuracy vs achieved sparsity, one line per model and method (last stage of each
-    pipeline / matrix cell; mean over seeds)."""
-    fig, [ax] = _figure()
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+MODEL_LINES = ("-", "--", "-.")  # dotted is the dense reference
+
+
+def _sparsity_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The last stage of each pipeline (matrix cell), one point per model, method, final stage
+    label and target: remaining weights (%) and test accuracy (%), mean and std over seeds."""
     df = df.assign(variant=df["variant"].fillna(""))
-    last = df.sort_values("stage_index").groupby(["pipeline", "variant"], sort=False).tail(1)
+    last = df.sort_values("stage_index", kind="stable").groupby(["pipeline", "variant"], sort=False).tail(1)
     last = last[last["method"] != "dense"]
-    models = sorted(last["model"].unique())
-    methods = sorted(last["method"].unique())
-    for (model, method), g in last.groupby(["model", "method"], sort=True):
-        g = g.groupby("achieved_sparsity", as_index=False)["test_acc"].mean().sort_values("achieved_sparsity")
-        label = f"{model} {method}" if len(models) > 1 else method
-        # Colour says the method, line style the model.
-        ax.plot(g["achieved_sparsity"] * 100, g["test_acc"] * 100, marker="o", markersize=3, label=label,
-                color=f"C{methods.index(method) % 10}", linestyle=["-", "--", ":", "-."][models.index(model) % 4])
-    ax.set_xlabel("sparsity (% of conv + linear weights)")
+    last = last.assign(density=(1 - last["achieved_sparsity"].astype(float)) * 100,
+                       acc=last["test_acc"].astype(float) * 100,
+                       target=last["target_sparsity"].fillna(last["achieved_sparsity"]))
+    pts = last.groupby(["model", "method", "label", "target"], dropna=False).agg(
+        density=("density", "mean"), acc=("acc", "mean"), std=("acc", "std"), n=("acc", "count")).reset_index()
+    # A method whose pipelines end in different stages (e.g. Magnitude Pruning and SAFS) is one
+    # curve per final stage; otherwise the method alone names the curve.
+    several = pts.groupby("method")["label"].transform("nunique") > 1
+    pts["curve"] = pts["method"].where(~several, pts["method"] + " · " + pts["label"].astype(str))
+    return pts[pts["density"] > 0].sort_values("density", ascending=False)  # no weights left: off a log axis
+
+
+def _percent_axis(ax) -> None:
+    """Log x-axis of remaining weights, densest on the left, ticks read as percentages."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2, 5)))
+    label = FuncFormatter(lambda v, _: f"{v:g}%")
+    ax.xaxis.set_major_formatter(label)
+    ax.xaxis.set_minor_formatter(label)
+    ax.tick_params(axis="x", which="minor", labelsize=6)
+
+
+def sparsity_plot(df: pd.DataFrame):
+    """Test accuracy vs remaining weights (1 - achieved sparsity, log axis: 100 %, 10 %, 1 %),
+    the last stage of each pipeline: colour per method (curve), marker and line style per
+    model, error bars (std over seeds) where a point has several seeds; the dense accuracy of
+    each model as a dotted reference line."""
+    from matplotlib.lines import Line2D
+
+    fig, [ax] = _figure(height=3.2)
+    pts = _sparsity_points(df)
+    models = sorted(pts["model"].unique())
+    curves = sorted(pts["curve"].unique())
+    for (model, curve), g in pts.groupby(["model", "curve"], sort=True):
+        yerr = g["std"].where(g["n"] > 1).fillna(0).to_numpy() if (g["n"] > 1).any() else None
+        ax.errorbar(g["density"], g["acc"], yerr=yerr, color=f"C{curves.index(curve) % 10}",
+                    marker=MARKERS[models.index(model) % len(MARKERS)], markersize=3.5, linewidth=1,
+                    linestyle=MODEL_LINES[models.index(model) % len(MODEL_LINES)],
+                    capsize=2, elinewidth=0.8, label=f"{model} {curve}")
+    dense = df[(df["method"] == "dense") & df["model"].isin(models)]
+    for model, g in dense.groupby("model", sort=True):
+        acc = g["test_acc"].astype(float).mean() * 100
+        ax.axhline(acc, color="0.4", linewidth=0.8, linestyle=":", label=f"{model} dense")
+        # the model's marker at 100 % says whose dense accuracy the line is
+        ax.plot([100], [acc], color="0.4", marker=MARKERS[models.index(model) % len(MARKERS)], markersize=3.5,
+                linestyle="")
+    _percent_axis(ax)
+    ax.set_xlabel("remaining weights (% of conv + linear weights)")
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    # One legend entry per method (its colour) and per model (its marker), not per pair.
+    handles = [Line2D([], [], color=f"C{i % 10}", marker="", linewidth=1.2, label=c) for i, c in enumerate(curves)]
+    if len(models) > 1 or not dense.empty:
+        handles += [Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], markersize=3.5, linewidth=1,
+                           linestyle=MODEL_LINES[i % len(MODEL_LINES)] if len(models) > 1 else "", label=m)
+                    for i, m in enumerate(models)]
+    if not dense.empty:
+        handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=0.8, label="dense"))
+    # Below the axes: curves fill the plot's lower right, and a long legend would hide them.
+    fig.legend(handles=handles, ncol=2 if len(handles) > 3 else len(handles), loc="outside lower center",
+               frameon=False)
     return fig
 
 

@@ -12,15 +12,21 @@ from pathlib import Path
 ROW_COLUMNS = [
     "pipeline", "variant", "stage", "stage_index", "stage_kind", "label", "stage_hash", "trial_id", "status",
     "model", "dataset", "method", "target_sparsity", "achieved_sparsity", "params", "nnz", "macs",
-    "nnz_macs", "val_acc", "test_acc", "best_epoch", "val_acc_last", "test_acc_last", "epochs",
-    "wall_s", "seed", "config",
+    "nnz_macs", "val_acc", "test_acc", "selected_epoch", "select", "val_acc_last", "test_acc_last", "epochs",
+    "finetune_epochs", "wall_s", "seed", "config",
 ]
 
 
-def make_row(spec: dict, history: list[dict], m, *, wall_s: float, trial_id: str, status: str) -> dict:
-    """The row of one finished stage/trial from its per-epoch history and measurement."""
-    best = max(history, key=lambda h: (h["val_acc"], -h["epoch"])) if history else {}
+def make_row(spec: dict, history: list[dict], m, *, wall_s: float, trial_id: str, status: str,
+             finetune_epochs: int | None = None) -> dict:
+    """The row of one finished stage/trial from its per-epoch history and the measurement of
+    its ``model.pt``. Accuracies are those of the epoch whose weights ``model.pt`` holds
+    (``selected_epoch``, chosen by the stage's ``select`` rule), so the row is its model;
+    ``*_last`` are the last epoch's. ``finetune_epochs``: epochs of training behind the model
+    since the last prune stage on its lineage (the budget a table column got)."""
     last = history[-1] if history else {}
+    chosen = last.get("selected_epoch")
+    best = next((h for h in history if h.get("epoch") == chosen), last)
     sp = spec.get("sparsity")
     row = {
         "pipeline": spec["pipeline"],
@@ -43,10 +49,12 @@ def make_row(spec: dict, history: list[dict], m, *, wall_s: float, trial_id: str
         "nnz_macs": m.nnz_macs,
         "val_acc": best.get("val_acc"),
         "test_acc": best.get("test_acc"),
-        "best_epoch": best.get("epoch"),
+        "selected_epoch": best.get("epoch"),
+        "select": last.get("select", "best"),
         "val_acc_last": last.get("val_acc"),
         "test_acc_last": last.get("test_acc"),
         "epochs": last.get("epoch", 0),
+        "finetune_epochs": finetune_epochs,
         "wall_s": wall_s,
         "seed": spec["seed"],
         "config": json.dumps(spec["stage"], sort_keys=True),

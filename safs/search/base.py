@@ -24,6 +24,14 @@ Key = tuple[str, ...]
 
 FAILED = -math.inf  # the score of a failed candidate: worse than anything, never the best
 
+#: Where a proposal came from, as an optimizer's ``origin(token)`` says (``None``: not labelled).
+#: ``default``: the stage's own configuration; ``initial_design``: SMAC's space-filling start;
+#: ``model``: SMAC's surrogate model; ``sampler``: Optuna's sampler; ``random``: SMAC's random
+#: interleaving. The genome optimizers label nothing: a hill climber's, a GA's or an
+#: annealer's proposals are neither a user's default nor a model's, and a label that only
+#: restates the algorithm would add nothing to the ``algorithm`` of the stage.
+ORIGINS = ("default", "initial_design", "model", "sampler", "random")
+
 
 @dataclass(frozen=True)
 class GenomeSpace:
@@ -238,6 +246,11 @@ class AskTellOptimizer:
     def max_parallel(self) -> int | None:
         """How many candidates can usefully train at once; ``None`` means unlimited."""
         return 1
+
+    def origin(self, token: int) -> str | None:
+        """Where the proposal of an asked ``token`` came from (one of ``ORIGINS``), or ``None``
+        when the optimizer does not label its proposals, as the genome optimizers do not."""
+        return None
 
     # --- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -13,6 +13,10 @@ Rules that keep a search alive and resumable (Ray 2.60 behaviour):
 - The state (optimizer, ``trial_id -> token`` of the running trials and the candidate each
   one carries) is JSON, nothing to unpickle. With ``state_path`` it is rewritten after every
   change, so a SIGKILL loses nothing the optimizer was told.
+- A candidate carries the optimizer's ``origin(token)`` (where its proposal came from, see
+  ``safs.search.base.ORIGINS``) when the optimizer labels it. It thus lands in the trial's
+  ``params.json``, which ``trials.parquet`` is built from, and travels with a requeued
+  candidate, so a resumed search keeps the origins of its earlier candidates.
 - A stopped stage restarts as a *new* Tune experiment (safs never unpickles Tune's own
   state): ``requeue_live`` turns the candidates that were running into the first ones the
   new experiment runs, each resuming from its last epoch checkpoint (``resume_from``).
@@ -84,6 +88,9 @@ class AskTellSearcher(Searcher):
         token, value = out
         # Genome optimizers propose a genome, HPO backends a configuration.
         candidate = {"token": token, getattr(self.optimizer, "payload", "genome"): _plain(value)}
+        origin = _origin(self.optimizer, token)
+        if origin is not None:  # unlabelled proposals keep the candidate as it always was
+            candidate["origin"] = origin
         self._start(trial_id, candidate, [])
         return {"candidate": candidate}
 
@@ -160,6 +167,12 @@ class AskTellSearcher(Searcher):
 def _plain(value) -> dict:
     """numpy scalars (ConfigSpace values) as Python ones, so the candidate is JSON."""
     return {k: v.item() if hasattr(v, "item") else v for k, v in dict(value).items()}
+
+
+def _origin(optimizer: AskTellOptimizer, token: int) -> str | None:
+    """The optimizer's label for ``token``; optimizers from plugins may not have ``origin``."""
+    origin = getattr(optimizer, "origin", None)
+    return None if origin is None else origin(token)
 
 
 def _best_json(optimizer: AskTellOptimizer) -> dict | None:

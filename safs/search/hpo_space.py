@@ -16,8 +16,9 @@ what it sets:
     values, so a searched hyperparameter overrides a preset.
 
 A configuration maps to training settings with :func:`to_training_settings`; the search starts from
-the stage's own settings with :func:`with_defaults` (Optuna and SMAC evaluate the default
-configuration first, so trial 0 is the stage's own training, as far as the space can express it).
+the stage's own settings with :func:`with_defaults`: both backends ask the default configuration
+first, so trial 0 (token 0, ``origin`` ``default`` in ``trials.parquet``) is the stage's own training,
+as far as the space can express it (under multi-fidelity SMAC, at the lowest budget first).
 
 Options of :func:`load_space` (see :data:`OPTIONS`): ``linear_weight_decay`` samples every
 log-scaled ``optimizer.weight_decay`` hyperparameter uniformly on the same bounds instead (the

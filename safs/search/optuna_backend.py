@@ -18,7 +18,8 @@ a sampled config that violates one is told to the study as FAIL and sampling ret
 internal trials never get a token.
 
 Trial 0 is the space's default configuration (enqueued with ``study.enqueue_trial``), so the
-search always scores the defaults, like SMAC's optional default config.
+search always scores the defaults first, as the SMAC backend does. ``origin(token)`` says so:
+``default`` for that trial, ``sampler`` for every later one.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class OptunaOptimizer:
                                "forbidden clauses")
         token = self._next_token
         self._next_token += 1
-        self._outstanding[token] = {"config": dict(config), "number": trial.number}
+        self._outstanding[token] = {"config": dict(config), "number": trial.number, "origin": _origin_of(token)}
         self._trials[token] = trial
         return token, dict(config)
 
@@ -136,7 +137,13 @@ class OptunaOptimizer:
             study.tell(trial, value)
         del self._outstanding[token]
         self._trials.pop(token, None)
-        self.history.append({"token": token, "config": dict(entry["config"]), "score": value, "budget": None})
+        self.history.append({"token": token, "config": dict(entry["config"]), "score": value, "budget": None,
+                             "origin": entry.get("origin")})
+
+    def origin(self, token: int) -> str | None:
+        """``default`` or ``sampler`` for an asked token, ``None`` for one never asked."""
+        entry = self._outstanding.get(token) or next((r for r in self.history if r["token"] == token), None)
+        return None if entry is None else entry.get("origin")
 
     def done(self) -> bool:
         return self._next_token >= self.n_trials and not self._outstanding
@@ -180,7 +187,7 @@ class OptunaOptimizer:
             else:  # not rebuilt yet since a load: keep what was loaded
                 params, dists = entry["params"], entry["distributions"]
             outstanding.append({"token": token, "config": dict(entry["config"]), "params": params,
-                                "distributions": dists})
+                                "distributions": dists, "origin": entry.get("origin")})
         return {"backend": self.name, "settings": self._settings(), "next_token": self._next_token,
                 "finished": finished, "outstanding": outstanding, "history": copy.deepcopy(self.history)}
 
@@ -201,7 +208,8 @@ class OptunaOptimizer:
         self._next_token = int(state["next_token"])
         self.history = copy.deepcopy(state["history"])
         self._outstanding = {int(e["token"]): {"config": dict(e["config"]), "number": None,
-                                               "params": e["params"], "distributions": e["distributions"]}
+                                               "params": e["params"], "distributions": e["distributions"],
+                                               "origin": e.get("origin")}
                              for e in state["outstanding"]}
         self._restore = {"finished": copy.deepcopy(state["finished"])}
         self._get_study()  # rebuild now: a bad state fails here, not in the middle of a run
@@ -213,7 +221,7 @@ class OptunaOptimizer:
             state = self.state_dict()
             d["_restore"] = {"finished": state["finished"]}
             d["_outstanding"] = {int(e["token"]): {"config": e["config"], "number": None, "params": e["params"],
-                                                   "distributions": e["distributions"]}
+                                                   "distributions": e["distributions"], "origin": e["origin"]}
                                  for e in state["outstanding"]}
         for key in ("_study", "_trials"):
             d.pop(key, None)
@@ -336,6 +344,12 @@ class OptunaOptimizer:
         default = {k: plain(v) for k, v in dict(self.configspace.get_default_configuration()).items()}
         return {step["name"]: default[step["name"]] for step in self._plan
                 if step["kind"] != "constant" and step["name"] in default}
+
+
+def _origin_of(token: int) -> str:
+    """Token 0 is the enqueued default: ``_build`` enqueues it whenever nothing has been asked
+    yet, and the study hands an enqueued trial out before sampling."""
+    return "default" if token == 0 else "sampler"
 
 
 def _space_plan(space: ConfigurationSpace) -> list[dict[str, Any]]:

@@ -37,6 +37,19 @@ SMAC 2.4.1 traps this module works around (see the orchestration notes, §2):
   tiny trees. The same forest is built with a leaf cap it cannot reach (a tree has at most
   as many leaves as observations, so the trees are identical) and ``n_jobs=1``: ~5 ms.
 
+The first trial is the space's default configuration (the stage's own settings, see
+``hpo_space.with_defaults``), with either facade. SMAC 2.4.1 only adds the default when the
+scenario asks for it (``use_default_config``, off by default) and then appends it *after* the
+initial design; the design is reordered so it comes first (see ``_default_first``). Under
+``multi_fidelity`` the default's first trial runs at the lowest budget, like every
+configuration of Hyperband's first bracket.
+
+Every asked configuration carries its origin (``origin(token)``): ``default``,
+``initial_design``, ``model`` (maximising the acquisition function) or ``random`` (SMAC's
+random interleaving and its random fallbacks), read from SMAC's ``Configuration.origin``
+labels (see ``smac_origin``). A configuration asked again at a higher budget keeps the origin
+it was first asked with: SMAC relabels an unlabelled configuration "Custom" when it is told.
+
 Model fits: SMAC's facades refit the model every 8 proposals (``retrain_after=8``); with
 20-trial budgets and trials that train for minutes, refitting before every proposal
 (``retrain_after=1``, the default here, like SMAC 1.x used by the original SAFS) finds better
@@ -65,6 +78,25 @@ FACADES = ("hpo", "multi_fidelity")
 RUN_NAME = "safs_smac"  # SMAC writes to <run dir>/<RUN_NAME>/<seed>/
 STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json", "scenario.json", "configspace.json")
 FAILED_COST = 1.0  # cost of a failed trial: score 0, the worst validation accuracy
+DEFAULT_LABEL = "Initial Design: Default configuration"  # SMAC's own label for the default
+
+
+def smac_origin(label: str | None) -> str:
+    """One of ``default``, ``initial_design``, ``model``, ``random`` for SMAC's origin label.
+
+    SMAC 2.4.1 labels: "Initial Design: Default configuration", "Initial Design: Sobol" (or
+    "Random", "Latin Hypercube", ...), "Acquisition Function Maximizer: Local Search" and
+    "...: Random Search (sorted)" (ranked by the model), "Random Search" (the random design's
+    interleaving), "Random Search (max retries, no candidates)". The config selector's plain
+    random sample before the model has data carries no label (``None``; "Custom" once told)."""
+    text = (label or "").lower()
+    if "default" in text:
+        return "default"
+    if text.startswith("initial design"):
+        return "initial_design"
+    if "acquisition" in text and not text.endswith(": random search"):  # unsorted = unranked
+        return "model"
+    return "random"
 
 
 def plain_config(config: Any) -> dict[str, Any]:
@@ -82,7 +114,9 @@ class SMACOptimizer:
       (config, budget) evaluation is one of the ``n_trials``.
 
     ``n_init`` defaults to ``max(1, min(n_trials // 4, 10))`` (the original SAFS used 5 for
-    20 trials) and is honoured as given (SMAC's own 25 % cap is lifted). ``retrain_after``:
+    20 trials) and is honoured as given (SMAC's own 25 % cap is lifted). It counts the default
+    configuration, the first trial: the initial design is the default plus ``n_init - 1``
+    Sobol (``hpo``) or random (``multi_fidelity``) configurations. ``retrain_after``:
     proposals per model fit (see the module docstring). ``workdir`` is where SMAC's output
     directory is created: a fresh private ``safs_smac_*`` directory per facade build (under
     the system temp directory by default), removed when the object is garbage-collected or
@@ -169,7 +203,7 @@ class SMACOptimizer:
         config = plain_config(info.config)
         budget = None if info.budget is None else float(info.budget)
         self._outstanding[token] = {"config": config, "budget": budget, "seed": info.seed,
-                                    "instance": info.instance}
+                                    "instance": info.instance, "origin": self._origin_of(config, info)}
         self._infos[token] = info
         out = dict(config)
         if budget is not None:
@@ -199,7 +233,13 @@ class SMACOptimizer:
         del self._outstanding[token]
         self._infos.pop(token, None)
         self.history.append({"token": token, "config": dict(entry["config"]), "score": value,
-                             "budget": entry["budget"]})
+                             "budget": entry["budget"], "origin": entry.get("origin")})
+
+    def origin(self, token: int) -> str | None:
+        """Where an asked token's configuration came from (see ``smac_origin``); ``None`` for a
+        token never asked (or asked by a state saved before origins were kept)."""
+        entry = self._outstanding.get(token) or next((r for r in self.history if r["token"] == token), None)
+        return None if entry is None else entry.get("origin")
 
     def done(self) -> bool:
         """All trials asked (or SMAC exhausted) and told."""
@@ -280,7 +320,8 @@ class SMACOptimizer:
             entry = dict(entry)
             token = int(entry.pop("token"))
             self._outstanding[token] = {"config": dict(entry["config"]), "budget": entry["budget"],
-                                        "seed": entry["seed"], "instance": entry["instance"]}
+                                        "seed": entry["seed"], "instance": entry["instance"],
+                                        "origin": entry.get("origin")}
         self.history = copy.deepcopy(state["history"])
         self._snapshot = copy.deepcopy(state["smac_files"])
         if self._snapshot:
@@ -312,6 +353,13 @@ class SMACOptimizer:
                 "retrain_after": self.retrain_after,
                 "space_sha256": space_digest(self.configspace)}
 
+    def _origin_of(self, config: dict[str, Any], info: Any) -> str:
+        """The origin of a configuration asked before (a Hyperband promotion) is the one it was
+        first asked with; SMAC's label on it may since have become "Custom"."""
+        earlier = [*self.history, *self._outstanding.values()]
+        first = next((r.get("origin") for r in earlier if r["config"] == config and r.get("origin")), None)
+        return first or smac_origin(info.config.origin)
+
     def _close(self) -> None:
         """Forget the live facade and remove its directory."""
         if self._cleanup is not None:
@@ -328,18 +376,23 @@ class SMACOptimizer:
         from smac.model.random_forest import RandomForest
 
         space = copy.deepcopy(self.configspace)  # SMAC seeds it; keep the caller's untouched
+        # use_default_config: SMAC adds the default to the initial design (and records that in
+        # scenario.json, so a snapshot taken without it is refused rather than resumed).
         if self.facade == "hpo":
             scenario = Scenario(space, name=RUN_NAME, output_directory=run_dir, deterministic=True,
-                                n_trials=self.n_trials, seed=self.seed)
+                                n_trials=self.n_trials, seed=self.seed, use_default_config=True)
             cls = HyperparameterOptimizationFacade
             extra = {"intensifier": cls.get_intensifier(scenario)}
         else:
             scenario = Scenario(space, name=RUN_NAME, output_directory=run_dir, deterministic=True,
                                 n_trials=self.n_trials, seed=self.seed, min_budget=self.min_budget,
-                                max_budget=self.max_budget)
+                                max_budget=self.max_budget, use_default_config=True)
             cls = MultiFidelityFacade
             extra = {"intensifier": cls.get_intensifier(scenario, eta=self.eta)}
-        design = cls.get_initial_design(scenario, n_configs=self.n_init, max_ratio=1.0)
+        # n_init counts the default, so n_init == n_trials stays within SMAC's check
+        # (design + additional configurations <= n_trials).
+        design = _default_first(cls.get_initial_design(scenario, n_configs=self.n_init - 1, max_ratio=1.0),
+                                scenario.configspace)
         # The facade's own forest (10 trees, log_y), but single-threaded: SMAC's default
         # n_jobs=-1 makes joblib poll threads for a 10-tree forest on a few dozen points,
         # which costs seconds per model fit and competes with the trials for the driver's CPUs.
@@ -350,9 +403,13 @@ class SMACOptimizer:
         maximizer = _ordered_maximizer_class()(scenario.configspace, challengers=10000, local_search_iterations=10,
                                                 seed=scenario.seed)
         selector = cls.get_config_selector(scenario, retrain_after=self.retrain_after)
-        return cls(scenario, target_function=None, initial_design=design, model=model,
-                   acquisition_maximizer=maximizer, config_selector=selector, overwrite=overwrite,
-                   logging_level=False, **extra)
+        with warnings.catch_warnings():
+            # the design's metadata lists its additional configurations (the default) through a
+            # ConfigSpace call deprecated since ConfigSpace 1.0: noise, nothing to act on
+            warnings.filterwarnings("ignore", r"Please use `dict\(config\)`", DeprecationWarning)
+            return cls(scenario, target_function=None, initial_design=design, model=model,
+                       acquisition_maximizer=maximizer, config_selector=selector, overwrite=overwrite,
+                       logging_level=False, **extra)
 
     def _build(self) -> None:
         self._close()
@@ -418,6 +475,29 @@ def _same_trial(info: Any, entry: dict[str, Any]) -> bool:
     budget = None if info.budget is None else float(info.budget)
     return (budget == entry["budget"] and info.seed == entry["seed"] and info.instance == entry["instance"]
             and plain_config(info.config) == entry["config"])
+
+
+def _default_first(design: Any, configspace: Any) -> Any:
+    """``design`` with the default configuration first among its configurations.
+
+    SMAC puts its additional configurations (the default among them) after the design's own.
+    In a small discrete space the Sobol points may include the default itself; SMAC's
+    de-duplication by hash then keeps the design's copy, with the design's label, or keeps
+    both (a value sampled as ``np.str_`` hashes unlike the default's ``str``). So the default
+    is found by value, every copy is moved to the front and labelled as the default; the
+    config selector skips a copy equal to one it already proposed."""
+    select = design.select_configurations
+    default = configspace.get_default_configuration()
+
+    def select_default_first() -> list:
+        configs = select()
+        first = [c for c in configs if c == default]
+        for c in first:
+            c.origin = DEFAULT_LABEL
+        return first + [c for c in configs if c != default]
+
+    design.select_configurations = select_default_first  # the config selector calls it once, at build
+    return design
 
 
 _MAXIMIZER: type | None = None

@@ -3,9 +3,15 @@
 A candidate (one token) usually runs as one Tune trial; a candidate that was running when
 the stage stopped runs again in the next attempt, resuming from its last epoch checkpoint.
 Its row merges all its trials: one row per candidate, in token order, with the genome
-(activation search) or config (HPO) as JSON, status (``done``; ``stopped`` early by
-successive halving; ``failed``), epochs trained, validation accuracy per epoch, score (best
+(activation search) or config (HPO) as JSON, its origin, status (``done``; ``stopped`` early
+by successive halving; ``failed``), epochs trained, validation accuracy per epoch, score (best
 validation accuracy), the test accuracy at that epoch, wall seconds and the error, if any.
+
+``origin`` says where an HPO candidate's configuration came from (``default``: the stage's
+own settings, always token 0; ``initial_design``, ``model`` or ``random`` under SMAC;
+``sampler`` under Optuna; see ``safs.search.base.ORIGINS``). It is read from the candidate
+the trial carried, so it survives a resume with the trial directories; it is null for the
+genome searches, which do not label their proposals, and for trials run before it existed.
 
 Only JSON is read (``params.json``, ``result.json``, ``error.txt``): nothing is unpickled.
 """
@@ -17,8 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-TRIAL_COLUMNS = ["token", "trial_id", "genome", "config", "status", "epochs", "val_acc_per_epoch", "score", "best_epoch",
-                 "test_acc", "wall_s", "error"]
+TRIAL_COLUMNS = ["token", "trial_id", "genome", "config", "origin", "status", "epochs", "val_acc_per_epoch", "score",
+                 "best_epoch", "test_acc", "wall_s", "error"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,7 @@ def candidate_row(runs: list[TrialRun], stage: dict) -> dict:
         "trial_id": last.trial_id,
         "genome": json.dumps(cand["genome"]) if "genome" in cand else None,
         "config": json.dumps(cand["config"]) if "config" in cand else None,
+        "origin": cand.get("origin"),
         "status": status,
         "epochs": len(epochs),
         "val_acc_per_epoch": [float(e["val_acc"]) for e in epochs],
@@ -180,6 +187,15 @@ def trials_frame(stage_dir: Path, stage: dict, tokens: set[int] | None = None):
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
+def _budget(config: str | None) -> float:
+    """A candidate's multi-fidelity budget (its config's ``budget``); 0 when it has none, so
+    every candidate of a search without budgets ranks alike."""
+    if not config:
+        return 0.0
+    budget = json.loads(config).get("budget")
+    return 0.0 if budget is None else float(budget)
+
+
 def final_checkpoint(stage_dir: Path, trial_id: str) -> Path | None:
     """The newest checkpoint of a trial that holds a finished model (``model.pt``)."""
     for d in reversed(trial_dirs(stage_dir, [trial_id])):
@@ -191,9 +207,14 @@ def final_checkpoint(stage_dir: Path, trial_id: str) -> Path | None:
 
 def best_candidate(frame, stage_dir: Path) -> tuple[dict, Path] | None:
     """The finished (not early-stopped, not failed) candidate with the highest score and its
-    final checkpoint; ties go to the earliest candidate. ``None`` when none finished."""
-    done = frame[frame["status"] == "done"].sort_values(["score", "token"], ascending=[False, True])
-    for row in done.to_dict("records"):
+    final checkpoint; ties go to the earliest candidate. ``None`` when none finished.
+
+    Under multi-fidelity HPO every (configuration, budget) is a finished candidate; as SMAC's
+    incumbent, the best is taken at the highest budget first (a 1-epoch score does not beat a
+    9-epoch one), falling back to lower budgets only when no higher one left a checkpoint."""
+    done = frame[frame["status"] == "done"].assign(_budget=lambda f: f["config"].map(_budget))
+    done = done.sort_values(["_budget", "score", "token"], ascending=[False, False, True])
+    for row in done.drop(columns="_budget").to_dict("records"):
         ckpt = final_checkpoint(stage_dir, row["trial_id"])
         if ckpt is not None:
             return row, ckpt

@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import importlib
 
-# name -> (module in safs.sparsity, class name, one-line description)
-_REGISTRY: dict[str, tuple[str, str, str]] = {
-    "lwm": ("lwm", "LayerwiseMagnitude", "one-shot layer-wise L1 magnitude pruning, masks fixed afterwards (SAFS)"),
-    "gmp": ("gmp", "GradualMagnitude", "gradual magnitude pruning with the Zhu & Gupta cubic schedule"),
-    "str": ("soft_threshold", "SoftThresholdReparam", "STR: learnable per-layer soft threshold (Kusupati et al. 2020)"),
-    "st3": ("st3", "SoftThreshold3", "ST-3: straight-through soft thresholding, global l1 threshold, cubic schedule"),
-    "st3_sigma": ("st3", "SoftThreshold3Sigma", "ST-3σ: ST-3 with the width-normalised (l1/std) criterion"),
-    "dnw": ("dnw", "DiscoveringNeuralWirings", "DNW: per-layer top-k with straight-through gradients"),
-    "nm_magnitude": ("nm", "NMMagnitude", "2:4 semi-structured masks by magnitude (ASP-style), fixed afterwards"),
-    "nm_gumbel": ("nm", "NMGumbel", "2:4 masks learned with straight-through Gumbel-softmax over the 6 patterns"),
-    "sas": ("sas", "StructuredActivationSparsification", "SAS 1:2: sign-split inputs, 2x-wide layers (ReLU CNNs)"),
+# How a method sparsifies, which decides the stages it may run in (checked before anything runs):
+#   one_shot:        a prune stage computes the masks once (or a ``sparse: true`` train stage
+#                    from a dense model, at its start); later training keeps them fixed;
+#   during_training: a train stage with ``sparse: true`` sparsifies from the dense model on the
+#                    method's own schedule; a prune stage is refused (it would make it one-shot);
+#   architecture:    a prune stage (or ``sparse: true``) transforms the architecture.
+# Each method class declares the same value as its ``protocol`` (a test keeps the two equal);
+# this table has it so that checking a pipeline does not import torch.
+PROTOCOLS = ("one_shot", "during_training", "architecture")
+
+# name -> (module in safs.sparsity, class name, protocol, one-line description)
+_REGISTRY: dict[str, tuple[str, str, str, str]] = {
+    "lwm": ("lwm", "LayerwiseMagnitude", "one_shot", "one-shot layer-wise L1 magnitude pruning, masks fixed afterwards (SAFS)"),
+    "gmp": ("gmp", "GradualMagnitude", "during_training", "gradual magnitude pruning with the Zhu & Gupta cubic schedule"),
+    "str": ("soft_threshold", "SoftThresholdReparam", "during_training", "STR: learnable per-layer soft threshold (Kusupati et al. 2020)"),
+    "st3": ("st3", "SoftThreshold3", "during_training", "ST-3: straight-through soft thresholding, global l1 threshold, cubic schedule"),
+    "st3_sigma": ("st3", "SoftThreshold3Sigma", "during_training", "ST-3σ: ST-3 with the width-normalised (l1/std) criterion"),
+    "dnw": ("dnw", "DiscoveringNeuralWirings", "during_training", "DNW: per-layer top-k with straight-through gradients"),
+    "nm_magnitude": ("nm", "NMMagnitude", "one_shot", "2:4 semi-structured masks by magnitude (ASP-style), fixed afterwards"),
+    "nm_gumbel": ("nm", "NMGumbel", "during_training", "2:4 masks learned with straight-through Gumbel-softmax over the 6 patterns"),
+    "sas": ("sas", "StructuredActivationSparsification", "architecture", "SAS 1:2: sign-split inputs, 2x-wide layers (ReLU CNNs)"),
 }
 
 
@@ -28,13 +38,18 @@ def list_methods() -> list[str]:
 
 
 def method_info(name: str) -> str:
+    return _REGISTRY[name][3]
+
+
+def method_protocol(name: str) -> str:
+    """``one_shot``, ``during_training`` or ``architecture`` (see ``PROTOCOLS``), without importing torch."""
     return _REGISTRY[name][2]
 
 
 def method_class(name: str):
     if name not in _REGISTRY:
         raise ValueError(f"sparsity.method: unknown method '{name}'; accepted: {', '.join(list_methods())}")
-    module, cls, _ = _REGISTRY[name]
+    module, cls, _, _ = _REGISTRY[name]
     return getattr(importlib.import_module(f"safs.sparsity.{module}"), cls)
 
 

@@ -17,15 +17,23 @@ one-epoch search candidate and a long final stage. ``Δt`` is clipped to the sch
 (a short stage still prunes, at least in one step: ``n >= 1``).
 
 **Masks.** At each update, in every conv/linear layer (first conv and classifier included),
-the ⌊s_t·n⌋ smallest-|w| weights are masked; a masked weight stays exactly zero (gradients
-are masked before the optimizer step and weights after it, ``MaskKeeper``), so masks only
-grow. After ``t0 + n·Δt`` the masks are fixed at exactly ⌊s_f·n⌋ pruned weights per layer.
+the round(s_t·n) smallest-|w| weights are masked (``pruned_count``, the package's one
+rule); a masked weight stays exactly zero (gradients are masked before the optimizer step
+and weights after it, ``MaskKeeper``), so masks only grow. After ``t0 + n·Δt`` the masks
+are fixed at exactly round(s_f·n) pruned weights per layer.
 
-**Stages.** ``prune()`` (the prune stage) prunes one-shot at the target, i.e. the schedule's
-end state. A model that arrives with masks (an earlier stage pruned it) keeps them: masks
-only grow, so a stage after the one that reached the target fine-tunes with fixed masks.
+**Options** beyond the schedule's: ``layer_targets: {layer: sparsity}`` gives the layers
+named their own ``s_f`` (the schedule of such a layer ends at its target; its ``s_i`` is
+``min(initial_sparsity, its target)``); ``exclude: [glob, ...]`` leaves layers dense.
 
-**Resume.** ``state_dict`` holds the step; masks are ``weight_mask`` buffers of the model.
+**Stages.** GMP is a during-training method: it sparsifies a dense model in a train stage
+with ``sparse: true``. A model that arrives already sparse (its ``weight_mask`` buffers
+have zeros: an earlier stage sparsified it) is fine-tuned with those masks fixed: no
+schedule, no mask change. ``prune()`` (for direct use; the pipeline runs no prune stage for
+GMP) applies the schedule's end state at once.
+
+**Resume.** ``state_dict`` holds the step and whether the masks are fixed; masks are
+``weight_mask`` buffers of the model.
 """
 
 from __future__ import annotations
@@ -36,19 +44,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from safs.sparsity.base import StepScheduled
-from safs.sparsity.masks import MASK, MaskKeeper, set_mask
+from safs.sparsity.base import StepScheduled, exclude_option, layer_targets_option, pruned_count
+from safs.sparsity.masks import MASK, MaskKeeper, has_pruned, set_mask
 
 
 class GradualMagnitude(StepScheduled):
     name = "gmp"
     control = "exact"
+    protocol = "during_training"
 
     def __init__(self, target: float, *, initial_sparsity: float = 0.0, start: float = 0.0, end: float = 0.5,
-                 frequency: int = 100, **unknown: Any):
+                 frequency: int = 100, exclude: list[str] | None = None,
+                 layer_targets: dict[str, float] | None = None, **unknown: Any):
         if unknown:
             raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: end, frequency, initial_sparsity, start")
+                             f"'{self.name}'; accepted: end, exclude, frequency, initial_sparsity, layer_targets, "
+                             "start")
         super().__init__(target)
         if not 0 <= target < 1:
             raise ValueError(f"sparsity.target: {target} must lie in [0, 1)")
@@ -60,11 +71,17 @@ class GradualMagnitude(StepScheduled):
         if int(frequency) != frequency or frequency < 1:
             raise ValueError(f"sparsity.options.frequency: {frequency} must be a positive integer (steps)")
         self.initial_sparsity, self.start, self.end, self.frequency = initial_sparsity, start, end, int(frequency)
+        self.exclude = exclude_option(exclude)
+        self.layer_targets = layer_targets_option(layer_targets)
         self.step = 0
         self.total_steps: int | None = None
         self._resume_step: int | None = None
         self._model: nn.Module | None = None
-        self._applied: float | None = None  # schedule value the masks were last computed at
+        self._applied: float | None = None  # schedule position (``_remaining``) the masks were last computed at
+        # Whether the model arrived already sparse (masks fixed, no schedule): decided by the
+        # first attach, which sees the stage's input also on resume; the attach after a
+        # resume's load_state_dict sees the restored masks and must not decide again.
+        self.fixed: bool | None = None
 
     # --- schedule --------------------------------------------------------------------------
     def _plan(self) -> tuple[int, int, int]:
@@ -76,17 +93,25 @@ class GradualMagnitude(StepScheduled):
         dt = min(self.frequency, span)
         return t0, dt, max(1, span // dt)
 
-    def sparsity_at(self, step: int) -> float:
-        """The schedule's sparsity after ``step`` optimizer steps of this stage."""
+    def _remaining(self, step: int) -> float:
+        """(1 − (t_k − t0)/(n·Δt))³ after ``step`` steps: exactly 1 up to the first update, 0 from the last."""
         t0, dt, n = self._plan()
         if step < t0:
-            return self.initial_sparsity
-        k = min(n, (step - t0) // dt)
-        if k == 0:
-            return self.initial_sparsity  # exactly, not up to rounding
-        if k == n:
-            return self.target
-        return self.target + (self.initial_sparsity - self.target) * (1 - k / n) ** 3
+            return 1.0
+        return (1 - min(n, (step - t0) // dt) / n) ** 3
+
+    def _sparsity(self, final: float, remaining: float) -> float:
+        """A layer's schedule value for its final sparsity ``final``."""
+        initial = min(self.initial_sparsity, final)  # a layer never starts above its own target
+        if remaining == 1.0:
+            return initial  # exactly, not up to rounding
+        if remaining == 0.0:
+            return final
+        return final + (initial - final) * remaining
+
+    def sparsity_at(self, step: int) -> float:
+        """The schedule's sparsity after ``step`` optimizer steps of this stage (uniform target)."""
+        return self._sparsity(self.target, self._remaining(step))
 
     @property
     def current_sparsity(self) -> float:
@@ -94,22 +119,30 @@ class GradualMagnitude(StepScheduled):
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        for module in self.layers(model).values():
-            if not hasattr(module, MASK):
-                module.register_buffer(MASK, torch.ones_like(module.weight, dtype=torch.bool))
+        layers = self.layers(model)
+        self.layer_rates(layers, self.target)  # options that do not fit the model fail here
+        if self.fixed is None:
+            self.fixed = has_pruned(model)
+        if not self.fixed:
+            for module in layers.values():
+                if not hasattr(module, MASK):
+                    module.register_buffer(MASK, torch.ones_like(module.weight, dtype=torch.bool))
         self._model = model
         self._keeper = MaskKeeper(model)
         return model
 
     def prune(self, model: nn.Module, target: float | None = None) -> None:
-        self._apply(model, self.target if target is None else target)
+        self._apply(model, 0.0, self.target if target is None else target)
+        self._applied = None  # the schedule recomputes at its next position (masks only grow)
 
     @torch.no_grad()
-    def _apply(self, model: nn.Module, sparsity: float) -> None:
-        for module in self.layers(model).values():
+    def _apply(self, model: nn.Module, remaining: float, uniform: float) -> None:
+        layers = self.layers(model)
+        for name, final in self.layer_rates(layers, uniform).items():
+            module = layers[name]
             old = getattr(module, MASK, None)
             n = module.weight.numel()
-            k = int(sparsity * n)
+            k = pruned_count(self._sparsity(final, remaining), n)
             score = module.weight.detach().abs()
             if old is not None:
                 k = max(k, int((~old).sum()))  # masks only grow
@@ -119,14 +152,16 @@ class GradualMagnitude(StepScheduled):
                 mask[torch.argsort(score.flatten(), stable=True)[:k]] = False
             set_mask(module, mask.view(score.shape))
         self._keeper = MaskKeeper(model)
-        self._applied = sparsity
+        self._applied = remaining
 
     def _update(self) -> None:
-        s = self.sparsity_at(self.step)
-        if s != self._applied:
+        if self.fixed:
+            return
+        r = self._remaining(self.step)
+        if r != self._applied:
             if self._model is None:
                 raise RuntimeError("gmp: attach(model) must run before training")
-            self._apply(self._model, s)
+            self._apply(self._model, r, self.target)
 
     # --- export and resume -------------------------------------------------------------------
     @torch.no_grad()
@@ -138,9 +173,11 @@ class GradualMagnitude(StepScheduled):
         return final
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
+        return {"step": self.step, "fixed": bool(self.fixed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "step" in state:
             self._resume_step = int(state["step"])
             self.step = self._resume_step
+        if "fixed" in state:
+            self.fixed = bool(state["fixed"])

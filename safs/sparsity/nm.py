@@ -41,8 +41,11 @@ Modes:
   are frozen and ``param_groups`` returns only the logits. Eval uses the argmax pattern (no
   noise). ``finalize`` writes W ⊙ P[argmax z] and a ``weight_mask``. Attached to a model
   that already carries 2:4 masks (any stage after the one that learned them) it keeps those
-  masks fixed and trains the weights, like ``nm_magnitude``. A prune stage on a dense model
-  is an error (there is nothing to learn from in a prune stage; use ``nm_magnitude``).
+  masks fixed and trains the weights, like ``nm_magnitude``. It is a during-training method
+  (the pipeline runs no prune stage for it); ``prune()`` on a dense model is an error
+  (there is nothing to learn from in a prune stage; use ``nm_magnitude``).
+
+Option ``exclude: [glob, ...]`` (both modes): eligible layers left dense and unmasked.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from safs.models import prunable_layers
-from safs.sparsity.base import SparseMethod
+from safs.sparsity.base import SparseMethod, exclude_option
 from safs.sparsity.masks import MASK, MaskKeeper, set_mask
 
 N, M = 2, 4  # keep N of every M consecutive weights
@@ -238,16 +241,18 @@ class _NMMethod(SparseMethod):
     control = "fixed"
     fixed_target: ClassVar[float] = TARGET  # the only accepted sparsity.target
 
-    def __init__(self, target: float, group_order: str = "im2col", **options: Any):
+    def __init__(self, target: float, group_order: str = "im2col", exclude: list[str] | None = None,
+                 **options: Any):
         _check_target(self.name, target, "sparsity.target")
         _check_order(group_order)
         super().__init__(target, **options)
         self.group_order = group_order
+        self.exclude = exclude_option(exclude)
         self.layer_names: list[str] = []  # eligible (masked) layers, recorded at attach
         self.dense_names: list[str] = []  # conv/linear layers left dense (K not a multiple of 4)
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        return eligible_layers(model, self.group_order)
+        return self._without_excluded(eligible_layers(model, self.group_order), model)
 
     def _record_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         layers = self.layers(model)
@@ -298,6 +303,7 @@ class NMMagnitude(_NMMethod):
     """2:4 by magnitude (apex ASP ``m4n2_1d`` without channel permutation), masks fixed after."""
 
     name = "nm_magnitude"
+    protocol = "one_shot"
 
     def attach(self, model: nn.Module) -> nn.Module:
         for module in self._record_layers(model).values():
@@ -325,11 +331,12 @@ class NMGumbel(_NMMethod):
     """
 
     name = "nm_gumbel"
+    protocol = "during_training"
 
     def __init__(self, target: float, group_order: str = "im2col", tau: float = 1.0, init: str = "uniform",
                  init_scale: float = 1.0, lr: float | None = 1.0, weight_decay: float | None = 1e-4,
-                 **options: Any):
-        super().__init__(target, group_order, **options)
+                 exclude: list[str] | None = None, **options: Any):
+        super().__init__(target, group_order, exclude, **options)
         if not tau > 0:
             raise ValueError(f"sparsity.options.tau: must be > 0 (got {tau})")
         if init not in ("uniform", "magnitude"):
@@ -383,10 +390,9 @@ class NMGumbel(_NMMethod):
         _check_target(self.name, target, "prune stage target")
         if self.mode == "learn":
             raise ValueError("nm_gumbel learns its masks in a train stage with sparse: true on the dense model "
-                             "(weights frozen, logits trained); a prune stage before that would only zero the "
-                             "weights it chooses from. Use nm_magnitude for one-shot 2:4, or put the prune stage "
-                             "after the sparse train stage (it then keeps the learned masks).")
-        # fixed mode: the learned masks stay as they are (attach has checked them)
+                             "(weights frozen, logits trained); a prune before that would only zero the "
+                             "weights it chooses from. Use nm_magnitude for one-shot 2:4.")
+        # fixed mode (direct use on a model with learned masks): they stay as they are (attach has checked them)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         if self.mode == "learn":

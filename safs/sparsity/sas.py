@@ -310,6 +310,7 @@ class StructuredActivationSparsification(SparseMethod):
 
     name = "sas"
     control = "fixed"
+    protocol = "architecture"
     changes_architecture = True
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:

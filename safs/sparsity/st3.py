@@ -15,9 +15,10 @@ With ``rescale``, ``α_c = 1.01 / (ρ_c + 0.01)`` where ρ_c = (mean_j |W_cj|·m
 and m = 1 mean "nothing pruned" (Ŵ = W).
 
 **Global threshold.** After every optimizer step (``after_step``, for the next forward), with
-the schedule's target q_t: pool the criterion of all layers, θ = its ⌊q_t·N⌋-th smallest
-value (N = all prunable weights; exact count, ``kthvalue`` instead of the reference's
-interpolated quantile, which has a size limit), m = criterion > θ.
+the schedule's target q_t: pool the criterion of all layers, θ = its round(q_t·N)-th smallest
+value (N = all prunable weights; ``pruned_count``, the package's one rule; exact count,
+``kthvalue`` instead of the reference's interpolated quantile, which has a size limit),
+m = criterion > θ.
 
 * ``st3`` (criterion ``l1``): |W|, θ_ℓ = θ.
 * ``st3_sigma`` (criterion ``l1std``): |W| / σ_ℓ with σ_ℓ = 1/sqrt(Σ dims(W_ℓ)) (C_out + C_in
@@ -35,10 +36,14 @@ weights are masked around every optimizer step (the reference's fine-tuning phas
 ``fix_at = 1`` masks keep swapping at constant sparsity until the stage ends, as in the paper
 (its ``fix_from`` = the last epoch; ``finalize`` is that fix).
 
-**Stages.** ``prune()`` (a prune stage) is one-shot: the global threshold at the target,
-then the fix (soft threshold and rescale written into W). A model that arrives already
-sparse (its ``weight_mask`` buffers have zeros: an earlier stage sparsified it) is fine-tuned
-with its masks fixed, and a ``prune()`` on it only adds pruned weights (masks only grow).
+**Stages.** ST-3 is a during-training method: it sparsifies a dense model in a train stage
+with ``sparse: true``. A model that arrives already sparse (its ``weight_mask`` buffers have
+zeros: an earlier stage sparsified it) is fine-tuned with its masks fixed: no schedule, no
+mask change. ``prune()`` is for direct use (the pipeline runs no prune stage for ST-3): the
+global threshold at the target, then the fix (soft threshold and rescale written into W); on
+a model with fixed masks it only adds pruned weights (masks only grow).
+
+**Option** ``exclude: [glob, ...]``: layers left dense (outside the global threshold, no mask).
 
 **Resume.** ``state_dict`` holds the step and whether the layers are fixed; the buffers are
 in the model's ``state_dict``.
@@ -53,7 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from safs.sparsity.base import StepScheduled
+from safs.sparsity.base import StepScheduled, exclude_option, pruned_count
 from safs.sparsity.masks import MASK, MaskKeeper, ReparamLayer, export_layer, has_pruned, reparametrize, set_mask, \
     straight_through
 
@@ -76,13 +81,15 @@ def _scale_shape(w: torch.Tensor) -> tuple[int, ...]:
 class SoftThreshold3(StepScheduled):
     name = "st3"
     control = "exact"
+    protocol = "during_training"
     criterion = "l1"
 
     def __init__(self, target: float, *, start: float = 5 / 160, end: float = 0.5, power: float = 3.0,
-                 fix_at: float | None = None, rescale: bool = True, **unknown: Any):
+                 fix_at: float | None = None, rescale: bool = True, exclude: list[str] | None = None,
+                 **unknown: Any):
         if unknown:
             raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: end, fix_at, power, rescale, start")
+                             f"'{self.name}'; accepted: end, exclude, fix_at, power, rescale, start")
         super().__init__(target)
         if not 0 <= target < 1:
             raise ValueError(f"sparsity.target: {target} must lie in [0, 1)")
@@ -93,6 +100,7 @@ class SoftThreshold3(StepScheduled):
         if not power > 0:
             raise ValueError(f"sparsity.options.power: {power} must be > 0")
         self.start, self.end, self.fix_at, self.power, self.rescale = start, end, fix, float(power), bool(rescale)
+        self.exclude = exclude_option(exclude)
         self.step = 0
         self.total_steps: int | None = None
         self.fixed = False
@@ -137,7 +145,7 @@ class SoftThreshold3(StepScheduled):
                 pruned += int((~getattr(m, MASK)).sum())
             crits.append(c)
         flat = torch.cat([c.flatten() for c in crits])
-        k = int(q * flat.numel())
+        k = pruned_count(q, flat.numel())
         if grow:
             k = max(k, pruned)
         if k <= 0:

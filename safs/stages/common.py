@@ -51,8 +51,9 @@ def model_meta(spec: dict, ds) -> dict:
             "num_classes": ds.num_classes, "input_shape": list(ds.input_shape)}
 
 
-def save_model(path: Path, model: nn.Module, meta: dict, method: str | None) -> None:
-    """``model.pt``: weights, masks, activation genome and α/β, loadable with weights_only=True.
+def model_blob(model: nn.Module, meta: dict, method: str | None) -> dict:
+    """What ``model.pt`` holds: weights, masks, activation genome and α/β, loadable with
+    weights_only=True (the tensors are copied to the CPU).
 
     ``architecture`` records an architecture transform the model went through (SAS's
     conversion, ``safs.sparsity.sas.architecture``; ``None`` for none), independently of
@@ -61,22 +62,49 @@ def save_model(path: Path, model: nn.Module, meta: dict, method: str | None) -> 
     from safs.activations import genome
     from safs.sparsity.sas import architecture
 
-    torch_save({"format": MODEL_FORMAT, "model": meta, "genome": genome(model), "method": method,
-                "architecture": architecture(model),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    return {"format": MODEL_FORMAT, "model": meta, "genome": genome(model), "method": method,
+            "architecture": architecture(model),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+
+def save_model(path: Path, model: nn.Module, meta: dict, method: str | None) -> None:
+    torch_save(model_blob(model, meta, method), path)
+
+
+def seed_trial(spec: dict, candidate: int | None = None, epoch: int | None = None) -> int:
+    """Seed every generator a trial draws from (torch on every device, numpy, random) from
+    (pipeline seed, stage, candidate, epoch), so the same pipeline gives the same rows.
+
+    Reseeding at each epoch makes a resumed trial draw what an uninterrupted one would have
+    (Gumbel noise, dropout masks) without keeping generator states in the checkpoint."""
+    import hashlib
+    import random
+
+    import numpy as np
+
+    key = f"{spec['seed']}/{spec['name']}/{candidate}/{epoch}".encode()
+    seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+    return seed
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of a ``model.pt``: the registry's architecture, then the recorded
     transform (if any, before the genome: it sets the operators of the slots it relocates),
     the genome, the mask buffers and the weights (strict)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a safs model file (format {blob.get('format')!r})")
+    return model_from_blob(blob, device), blob
+
+
+def model_from_blob(blob: dict, device: torch.device | str = "cpu") -> nn.Module:
     from safs.activations import apply_genome
     from safs.models import create_model
     from safs.sparsity.masks import ensure_mask_buffers
 
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a safs model file (format {blob.get('format')!r})")
     meta = blob["model"]
     model = create_model(meta["name"], meta["num_classes"], tuple(meta["input_shape"]), meta["activation"], **meta["options"])
     if blob.get("architecture") is not None:  # absent in files written before it existed
@@ -86,7 +114,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     apply_genome(model, blob["genome"])
     ensure_mask_buffers(model, blob["state_dict"])
     model.load_state_dict(blob["state_dict"], strict=True)
-    return model.to(device), blob
+    return model.to(device)
 
 
 def prepare_for_device(model: nn.Module, device: torch.device) -> nn.Module:

@@ -15,7 +15,10 @@ def run_trial(spec: dict) -> None:
     from safs.data import Batches
     from safs.sparsity import create_method
 
+    from safs.training.measure import weight_sparsity
+
     t0 = time.perf_counter()
+    common.seed_trial(spec)
     st, sp = spec["stage"], spec["sparsity"]
     device = common.trial_device(spec)
     ds = common.dataset(spec, device)
@@ -29,7 +32,8 @@ def run_trial(spec: dict) -> None:
     val_loss, val_acc = evaluate(model, Batches(ds, "val", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
     _, test_acc = evaluate(model, Batches(ds, "test", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
     metrics = {"epoch": 0, "epochs": 0, "start_epoch": 0, "val_loss": val_loss, "val_acc": val_acc,
-               "test_acc": test_acc, "epoch_s": time.perf_counter() - t0}
+               "test_acc": test_acc, "sparsity": weight_sparsity(model), "selected_epoch": 0,
+               "epoch_s": time.perf_counter() - t0}
     with common.checkpoint_dir() as d:
         common.save_model(d / "model.pt", model, common.model_meta(spec, ds), sp["method"])
         common.write_history(d, [metrics])

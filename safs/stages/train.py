@@ -1,20 +1,26 @@
 """The ``train`` stage (dense, retrain, final): one Tune trial, one report per epoch.
 
-Each epoch ends with a checkpoint holding the full training state, so a killed trial or a
-restored experiment continues from its last epoch with the same data order (batches are
-seeded by (seed, epoch)).
+Each epoch ends with a checkpoint holding the full training state and the kept epoch's
+network, so a killed trial or a restored experiment continues from its last epoch with the
+same data order (batches are seeded by (seed, epoch)) and the same random draws (every
+generator is reseeded per epoch from (seed, stage, candidate, epoch)).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
 from ray import tune
 
+from safs.io import torch_save
 from safs.stages import common
 from safs.training.loop import Diverged, autocast_for, evaluate, train_epoch
+from safs.training.measure import weight_sparsity
 from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
+
+MODEL_FILE = "model.pt"  # in every epoch checkpoint: the kept epoch's finalized network
 
 
 def run_trial(spec: dict) -> None:
@@ -31,18 +37,24 @@ def run_trial(spec: dict) -> None:
     fit(spec, model, st, st["epochs"])
 
 
-def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best: bool = False,
-        extra: dict | None = None) -> None:
+def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int | None = None) -> None:
     """Train ``model`` for ``epochs`` with the settings ``st``, one Tune report (and checkpoint)
-    per epoch; the last checkpoint also holds the finalized ``model.pt`` and ``history.json``.
+    per epoch.
 
-    ``keep_best``: ``model.pt`` holds the weights of the best-validation epoch instead of the
-    last (search candidates are scored by their best epoch). ``extra``: constant metrics added
-    to every report. Every report carries ``score``, the best validation accuracy so far.
+    Every epoch is evaluated on the finalized network and its sparsity measured on it; the
+    selection rule (``safs.training.selection``, ``st["select"]``, default ``best``) decides
+    which epoch's weights the run keeps. Every checkpoint holds the kept weights as
+    ``model.pt`` and the history, so the row, ``model.pt`` and the measured sparsity always
+    describe the same epoch. ``token``: the search candidate this run is (reported as a
+    constant metric; also part of the seed). Every report's ``score`` is the kept epoch's
+    validation accuracy.
     """
     from safs.data import Batches
-    from safs.sparsity import create_method
+    from safs.sparsity import create_method, method_protocol
+    from safs.sparsity.masks import has_pruned
+    from safs.training.selection import EpochSelector
 
+    common.seed_trial(spec, token)
     device = common.trial_device(spec)
     ds = common.dataset(spec, device)
     model = common.prepare_for_device(model, device)
@@ -51,14 +63,19 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
         sp = spec["sparsity"]
         method = create_method(sp["method"], sp["target"], sp["options"])
         model = method.attach(model)
+        if method_protocol(sp["method"]) == "one_shot" and not has_pruned(model):
+            # A one-shot method asked to train a dense model (``sparse: true`` with no prune
+            # stage before): its protocol is prune once, then train with the masks fixed.
+            method.prune(model)
 
     groups = _param_groups(model, st)
     if method is not None:
         groups = method.param_groups(model, groups)
     optimizer = make_optimizer(groups, _optimizer_cfg(st))
     scheduler = make_scheduler(optimizer, _schedule_cfg(st), epochs)
+    select = st.get("select", "best")  # search candidates: always their best epoch
 
-    start, history, best_state = 0, [], None
+    start, history, selector, kept = 0, [], EpochSelector(select), None
     with common.resume_point(spec, device) as (state, state_dir):
         if state is not None:
             model.load_state_dict(state["model"])
@@ -67,7 +84,9 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
             if method is not None:
                 method.load_state_dict(state["method"])
                 method.attach(model)  # re-derive per-step caches from the restored masks
-            start, history, best_state = state["epoch"], state["history"], state.get("best")
+            start, history = state["epoch"], state["history"]
+            selector = EpochSelector.from_state(state.get("selector"), select)
+            kept = torch.load(state_dir / MODEL_FILE, map_location="cpu", weights_only=True)
             if start >= epochs:  # it had finished when the stage stopped: report it again, train nothing
                 tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
                 return
@@ -78,11 +97,13 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
     test_batches = Batches(ds, "test", st["eval_batch_size"], train=False)
     autocast = lambda: autocast_for(device)  # noqa: E731
     meta = common.model_meta(spec, ds)
+    method_name = spec["sparsity"] and spec["sparsity"]["method"]
     if method is not None:
         method.on_train_start(len(train_batches), epochs, start)
 
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
+        common.seed_trial(spec, token, epoch)
         lr = optimizer.param_groups[0]["lr"]
         if method is not None:
             method.on_epoch_start(epoch)
@@ -91,40 +112,75 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, keep_best:
         if method is not None:
             method.on_epoch_end(epoch)
         step_scheduler(scheduler, train_loss)
-        val_loss, val_acc = evaluate(model, val_batches.epoch(0), autocast=autocast)
-        _, test_acc = evaluate(model, test_batches.epoch(0), autocast=autocast)
-        improved = not history or val_acc > max(h["val_acc"] for h in history)
-        metrics = {**(extra or {}), "epoch": epoch + 1, "epochs": epochs, "start_epoch": start, "lr": lr,
+        # Evaluated and measured as it would be saved: the finalized network of this epoch.
+        final = finalized(method, model)
+        val_loss, val_acc = evaluate(final, val_batches.epoch(0), autocast=autocast)
+        _, test_acc = evaluate(final, test_batches.epoch(0), autocast=autocast)
+        sparsity = weight_sparsity(final)
+        if selector.offer(epoch + 1, val_acc, sparsity):
+            kept = common.model_blob(final, meta, method_name)
+        del final
+        metrics = {"token": token, "epoch": epoch + 1, "epochs": epochs, "start_epoch": start, "lr": lr,
                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "test_acc": test_acc,
-                   "score": max([val_acc] + [h["val_acc"] for h in history]),
+                   "val_acc": val_acc, "test_acc": test_acc, "sparsity": sparsity,
+                   "selected_epoch": selector.epoch, "select": select, "score": selector.val_acc,
                    "epoch_s": time.perf_counter() - t0}
+        if token is None:
+            del metrics["token"]
         history.append(metrics)
-        if keep_best and improved:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with common.checkpoint_dir() as d:
             torch.save({"epoch": epoch + 1, "history": history, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "method": method.state_dict() if method is not None else {},
-                        "best": best_state if keep_best else None}, d / "state.pt")
-            if epoch + 1 == epochs:
-                if keep_best and best_state is not None:
-                    model.load_state_dict(best_state)
-                final = method.finalize(model) if method is not None else model
-                common.save_model(d / "model.pt", final, meta, spec["sparsity"] and spec["sparsity"]["method"])
+                        "selector": selector.state_dict()}, d / "state.pt")
+            torch_save(kept, d / MODEL_FILE)
             # In every checkpoint: a report line can be lost to a kill, the checkpoint's history not.
             common.write_history(d, history)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
 
 
+def finalized(method, model: torch.nn.Module) -> torch.nn.Module:
+    """The network ``method.finalize`` would export now, without touching the training state.
+
+    finalize may change the model and the method in place (2:4 Gumbel leaves its learning
+    mode and unfreezes weights), so it runs on copies of both made with one memo: the
+    method's references into the model (mask keepers, frozen parameters) then point into the
+    copy. An attribute that cannot be deep-copied is immutable (a mapping proxy) and shared."""
+    if method is None:
+        return model
+    memo: dict = {}
+    model_copy = copy.deepcopy(model, memo)
+    _own_parametrized_classes(model_copy)
+    method_copy = copy.copy(method)
+    for key, value in vars(method).items():
+        try:
+            setattr(method_copy, key, copy.deepcopy(value, memo))
+        except TypeError:
+            pass
+    return method_copy.finalize(model_copy)
+
+
+def _own_parametrized_classes(model: torch.nn.Module) -> None:
+    """A deep copy of a parametrized module shares its generated class with the original, and
+    removing a parametrization deletes the property from that class: the original would lose
+    its ``weight``. Give each parametrized module of the copy a class of its own."""
+    from torch.nn.utils import parametrize
+
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod):
+            cls = type(mod)
+            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            mod.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
 def fit_candidate(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int) -> None:
-    """``fit`` for one search/HPO candidate: scored by its best epoch, whose weights it keeps.
+    """``fit`` for one search/HPO candidate: scored by its kept (best) epoch.
 
     A candidate whose loss diverges reports a failure and ends normally: retrying a
     deterministic divergence would only burn epochs, and the search goes on either way.
     """
     try:
-        fit(spec, model, st, epochs, keep_best=True, extra={"token": token})
+        fit(spec, model, st, epochs, token=token)
     except Diverged as e:
         tune.report({"token": token, "epoch": epochs, "score": float("nan"), "failed": str(e)})
 

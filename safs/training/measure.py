@@ -140,3 +140,14 @@ def measure(model: nn.Module, input_shape: tuple[int, ...]) -> Measurement:
         sparsity_all_params=1 - params_nnz / params if params else 0.0,
         per_layer=per_layer,
     )
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module) -> float:
+    """``measure(model).sparsity`` without the MAC count: the fraction of zeros over all
+    conv + linear weights of a finalized model (cheap enough to run every epoch)."""
+    total = zeros = 0
+    for mod in prunable_layers(model).values():
+        total += mod.weight.numel()
+        zeros += mod.weight.numel() - int(torch.count_nonzero(mod.weight))
+    return zeros / total if total else 0.0
