@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from safs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from safs.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT):
@@ -128,7 +128,8 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
     import logging
     from contextlib import nullcontext
 
-    from safs import pipeline as pl
+    from safs.plan import plan
+    from safs.records import stage_status
 
     name = cfgs[0].name
     stored = None
@@ -142,12 +143,13 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
         for i, cfg in selected:
             if cfg.variant:
                 click.echo(f"[cell {i}: {cfg.variant}]")
-            for st in pl.plan(cfg, results):
-                click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
+            for st in plan(cfg, results):
+                click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{stage_status(st)}]")
         return
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     from safs.io import Busy, exclusive
-    from safs.orchestrator import StageFailed, StageInterrupted
+    from safs.errors import StageFailed, StageInterrupted
+    from safs.runner import run as run_pipeline
 
     if not cells:
         click.echo(f"safs: pipeline '{name}' -> {results / name}" + (f" ({len(cfgs)} matrix cells)" if matrix else ""))
@@ -162,7 +164,7 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
                 for i, cfg in selected:
                     if cfg.variant and not cells:
                         click.echo(f"safs: [cell {i}: {cfg.variant}]")
-                    pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
+                    run_pipeline(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
                            echo=click.echo, stored=stored, rerun=rerun)
     except Busy as e:
         _fail(f"{results / name}: {e}; one safs run per pipeline at a time", EXIT_FAILED)
@@ -233,8 +235,9 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def status(target: Path, results: Path):
     """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending."""
-    from safs import pipeline as pl
     from safs.config import ConfigError, load_pipelines
+    from safs.plan import plan
+    from safs.records import is_done, stage_status
 
     try:
         if target.is_dir():
@@ -245,12 +248,12 @@ def status(target: Path, results: Path):
         _fail(str(e))
     click.echo(f"pipeline {cfgs[0].name} ({root / cfgs[0].name})")
     for i, cfg in enumerate(cfgs):
-        plans = pl.plan(cfg, root)
+        plans = plan(cfg, root)
         if cfg.variant:
-            done = sum(pl.is_done(st) for st in plans)
+            done = sum(is_done(st) for st in plans)
             click.echo(f"  [cell {i}: {cfg.variant}] {done}/{len(plans)} stages done")
         for st in plans:
-            click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {pl.stage_status(st)}")
+            click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {stage_status(st)}")
 
 
 @main.command("list")

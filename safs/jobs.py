@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from safs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from safs.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable Ray's own `ray job` CLI reads
@@ -224,7 +224,7 @@ def stage_pipeline(path: Path, dest: Path) -> dict:
     Returns the written mapping."""
     import yaml
 
-    from safs.pipeline import SEARCH_KINDS
+    from safs.plan import SEARCH_KINDS
 
     raw = yaml.safe_load(path.read_text())
     ship = _SpaceShipper(dest, path.parent)
@@ -252,7 +252,7 @@ def stage_pipeline(path: Path, dest: Path) -> dict:
 def _matrix_space_kind(raw: dict, key: str) -> str | None:
     """The stage kind whose ``space`` a matrix key sets (``stages.NAME.space``,
     ``defaults.KIND.space``), else None."""
-    from safs.pipeline import SEARCH_KINDS
+    from safs.plan import SEARCH_KINDS
 
     parts = str(key).split(".")
     if len(parts) != 3 or parts[2] != "space":

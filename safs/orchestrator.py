@@ -17,7 +17,8 @@ import signal
 import time
 from pathlib import Path
 
-from safs.pipeline import SEARCH_STATE, StagePlan
+from safs.errors import StageFailed, StageInterrupted
+from safs.plan import SEARCH_STATE, StagePlan
 
 log = logging.getLogger("safs")
 
@@ -30,14 +31,6 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Frequent snapshots are intended (see above); don't warn about them.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-class StageFailed(RuntimeError):
-    pass
-
-
-class StageInterrupted(RuntimeError):
-    pass
 
 
 def ensure_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> None:

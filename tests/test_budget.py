@@ -51,7 +51,7 @@ def test_budget_from_run_and_stage_name(tmp_path):
 
 
 def test_the_budget_changes_the_stage_hash(tmp_path):
-    from safs.pipeline import plan
+    from safs.plan import plan
 
     stage_dir(tmp_path)
     a = plan(preflight(tmp_path, "str_run/sparse"), tmp_path)[1].hash

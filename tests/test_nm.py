@@ -407,7 +407,7 @@ GUMBEL_PIPELINE = HEAD.format(name="nm_gumbel", method="nm_gumbel", options=", o
 
 def method_follows_sparse_train(yaml_text: str, tmp_path: Path) -> bool:
     from safs.config import parse_pipeline
-    from safs.pipeline import plan
+    from safs.plan import plan
 
     import yaml
 

@@ -352,7 +352,7 @@ def trials_table(paths) -> pd.DataFrame:
 def _variants(run_dir) -> dict[str, str]:
     """Stage directory name -> the matrix cell(s) using it, for a run directory."""
     from safs.config import ConfigError, load_pipelines
-    from safs.pipeline import plan
+    from safs.plan import plan
 
     try:
         cfgs, _ = load_pipelines(run_dir / "pipeline.yaml")
