@@ -184,7 +184,7 @@ def _parallel_cells(cfgs, parallel, address, num_cpus, verbose) -> int:
     if parallel is None:  # as many as fit: ask the cluster (this also starts the local Ray)
         import ray
 
-        from safs.orchestrator import ensure_ray
+        from safs.tune.experiment import ensure_ray
         from safs.sweep import auto_parallel
 
         ensure_ray(address, num_cpus, verbose)
@@ -196,7 +196,7 @@ def _sweep(path: Path, selected, results: Path, width: int, address, num_cpus, q
     """The cells, ``width`` at a time, each in a child process on this driver's Ray."""
     import ray
 
-    from safs.orchestrator import ensure_ray
+    from safs.tune.experiment import ensure_ray
     from safs.sweep import child_command, run_cells
 
     ensure_ray(address, num_cpus, verbose)

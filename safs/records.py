@@ -78,7 +78,7 @@ def is_done(stage: StagePlan) -> bool:
 
 def epochs_completed(stage: StagePlan) -> int:
     """Epochs a (possibly interrupted) stage has reported, from its Tune trial logs."""
-    from safs.search.trials import result_lines, trial_dirs
+    from safs.tune.trials import result_lines, trial_dirs
 
     return max((int(x.get("epoch", 0)) for d in trial_dirs(stage.dir) for x in result_lines(d / "result.json")),
                default=0)

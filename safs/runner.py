@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from safs import orchestrator
+from safs.tune import experiment
 from safs.config import PipelineConfig
 from safs.errors import StageFailed, StageInterrupted
 from safs.io import copy_file, exclusive, read_json, sha256, write_json, write_parquet, write_text
@@ -30,7 +30,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
     run_dir = Path(results_root) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "pipeline.yaml", yaml.safe_dump(stored or cfg.model_dump(mode="json"), sort_keys=False))
-    orchestrator.forward_sigterm()
+    experiment.forward_sigterm()
     rerun = set() if rerun is None else rerun
     for st in plans:
         tag = f"[{st.index + 1:02d}] {st.name:<12}"
@@ -38,7 +38,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
         # stage, the others wait for it and then find it done.
         with exclusive(run_dir / f".{st.hash}.lock", wait=True,
                        on_wait=lambda: echo(f"{tag} waiting: another process is running this stage")):
-            _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: orchestrator.ensure_ray(address, num_cpus, verbose),
+            _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: experiment.ensure_ray(address, num_cpus, verbose),
                        quiet, echo)
     return plans
 
@@ -68,7 +68,7 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
         if st.is_search:
             rec = _run_search(st, spec, record, quiet)
         else:
-            result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
+            result, wall = experiment.run_single_trial_stage(st, spec, quiet=quiet)
             rec = _complete(st, spec, record, Path(result.checkpoint.path), result.metrics.get("trial_id", ""), wall)
     except StageFailed as e:
         write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
@@ -126,9 +126,9 @@ def _with_incumbent(settings: dict, hpo: StagePlan) -> dict:
 
 def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     """Run the search, write ``trials.parquet``, keep the best candidate as the stage's model."""
-    from safs.search.trials import best_candidate, trials_frame
+    from safs.tune.trials import best_candidate, trials_frame
 
-    state, wall = orchestrator.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
+    state, wall = experiment.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
     stage = spec["stage"]
     # Only the candidates the optimizer was told about: a rerun candidate's earlier, stopped
     # trial is merged into its row.

@@ -12,7 +12,7 @@ def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    from safs.orchestrator import ensure_ray  # also sets Tune's environment defaults
+    from safs.tune.experiment import ensure_ray  # also sets Tune's environment defaults
 
     ensure_ray(num_cpus=2)  # loopback only, no dashboard
     yield

@@ -545,7 +545,7 @@ def test_importing_the_registry_loads_neither_smac_nor_optuna():
 def test_backends_drive_the_tune_bridge(backend):
     from ray.tune.search import Searcher
 
-    from safs.search.bridge import AskTellSearcher
+    from safs.tune.searcher import AskTellSearcher
 
     cs = make_space()
     searcher = AskTellSearcher(create_backend(backend, cs, 0, {"n_trials": 5}), max_concurrent=2)
