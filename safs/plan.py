@@ -66,6 +66,20 @@ class StagePlan:
         return self.kind in SEARCH_KINDS
 
 
+def space_module(kind: str):
+    """The module that names, resolves and loads a search stage's space files (``None`` for a
+    kind without one): the activation spaces of Stage 1, the HPO spaces of Stage 2."""
+    if kind == "activation_search":
+        from safs.search import space
+
+        return space
+    if kind == "hpo":
+        from safs.search import hpo_space
+
+        return hpo_space
+    return None
+
+
 def _digest(payload: Any) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -29,7 +29,7 @@ def stage_dir(root, name="02-sparse-0123456789", status="done", layers=LAYERS):
 
 
 def preflight(tmp_path, source, method="gmp"):
-    from safs.cli import _preflight
+    from safs.preflight import preflight as _preflight
     from safs.config import load_pipeline
 
     f = tmp_path / "p.yaml"
