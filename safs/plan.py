@@ -74,7 +74,7 @@ def space_module(kind: str):
 
         return space
     if kind == "hpo":
-        from safs.search import hpo_space
+        from safs.hpo import space as hpo_space
 
         return hpo_space
     return None
@@ -114,7 +114,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             settings["choices"] = load_choices(resolve_space(st.space))
             uses_method = pruned
         elif isinstance(st, HpoStage):
-            from safs.search.hpo_space import load_space, resolve_space as resolve_hpo_space
+            from safs.hpo.space import load_space, resolve_space as resolve_hpo_space
 
             cs = load_space(resolve_hpo_space(st.space), st.space_options or None)
             settings["space_digest"] = _digest(cs.to_serialized_dict())

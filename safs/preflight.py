@@ -53,7 +53,9 @@ def resolve_spaces(cfg, path: Path):
             if st.kind == "hpo":
                 module.load_space(resolved, st.space_options or None)
             else:
-                module.load_choices(resolved)
+                from safs.activations import list_operators
+
+                module.load_choices(resolved, list_operators())
         except ValueError as e:
             raise ConfigError(f"{path.name}: stages[{i}].space: {e}") from None
         if st.space not in module.list_spaces():

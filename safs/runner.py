@@ -119,7 +119,7 @@ def _with_incumbent(settings: dict, hpo: StagePlan) -> dict:
     incumbent = ((read_record(hpo) or {}).get("search") or {}).get("incumbent_settings")
     if incumbent is None:
         raise StageFailed(f"stage '{hpo.name}' has no incumbent configuration (is it done?)")
-    from safs.config import TrainingSettings
+    from safs.settings import TrainingSettings
 
     return {**settings, **{k: incumbent[k] for k in TrainingSettings.model_fields}}
 
@@ -145,7 +145,7 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     if row["genome"] is not None:
         search["best_genome"] = json.loads(row["genome"])
     else:
-        from safs.stages.hpo import trial_settings
+        from safs.hpo.space import trial_settings
 
         search["incumbent"] = json.loads(row["config"])
         search["incumbent_settings"] = trial_settings(stage, search["incumbent"])
@@ -158,14 +158,17 @@ def _optimizer(spec: dict):
     seed = spec["seed"] if st.get("seed") is None else st["seed"]
     if spec["kind"] == "activation_search":
         from safs.search import create_optimizer
+        from safs.activations import genome
+        from safs.model_file import load_model
         from safs.search.space import genome_space
-        from safs.stages.common import load_model
 
         model, _ = load_model(spec["input"])
-        return create_optimizer(st["algorithm"], genome_space(model, st["choices"]), seed=seed, options=st["options"])
-    from safs.config import TrainingSettings, backend_options_for
-    from safs.search.hpo_backends import create_backend
-    from safs.search.hpo_space import load_space, resolve_space, with_defaults
+        return create_optimizer(st["algorithm"], genome_space(genome(model), st["choices"]), seed=seed,
+                                options=st["options"])
+    from safs.config import backend_options_for
+    from safs.settings import TrainingSettings
+    from safs.hpo.backends import create_backend
+    from safs.hpo.space import load_space, resolve_space, with_defaults
 
     cs = with_defaults(load_space(resolve_space(st["space"]), st["space_options"] or None),
                        {k: st[k] for k in TrainingSettings.model_fields})
@@ -179,7 +182,7 @@ def _complete(st: StagePlan, spec: dict, record: dict, checkpoint: Path, trial_i
     import torch
 
     import safs
-    from safs.stages.common import load_model
+    from safs.model_file import load_model
     from safs.training.measure import measure
 
     copy_file(checkpoint / MODEL, st.model_path)

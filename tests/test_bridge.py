@@ -391,8 +391,8 @@ def test_origins_reach_the_trials_table_and_survive_a_resume(tmp_path, backend):
     trials table reads it from there, and a stage stopped with candidates running keeps
     every origin: the told candidates' from their old trial directories, the requeued ones'
     from the candidate the searcher persisted."""
-    from safs.search.hpo_backends import create_backend
-    from safs.search.hpo_space import load_space, paper_settings, with_defaults
+    from safs.hpo.backends import create_backend
+    from safs.hpo.space import load_space, paper_settings, with_defaults
     from safs.tune.trials import trials_frame
 
     cs = with_defaults(load_space("safs"), paper_settings("resnet18/cifar10"))

@@ -103,7 +103,7 @@ def test_stage_project_ships_package_and_builtin_spaces(tmp_path):
     assert (tmp_path / "safs" / "cli.py").is_file()
     assert not list(tmp_path.rglob("__pycache__"))
     # What the job's driver sees: its cwd (the working_dir) first on sys.path.
-    probe = ("import safs.search.space as s, safs.search.hpo_space as h; "
+    probe = ("import safs.search.space as s, safs.hpo.space as h; "
              "print(s.__file__); print(s.list_spaces()); print(h.list_spaces())")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=True).stdout.splitlines()
