@@ -166,21 +166,24 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def status(target: Path, results: Path):
-    """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending."""
+    """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending.
+
+    A run directory shows the stages as they ran (their records); a pipeline file, the stages
+    it would run now."""
     from safs.config import ConfigError, load_pipelines
     from safs.plan import plan
-    from safs.records import is_done, stage_status
+    from safs.records import is_done, recorded_stages, stage_status
 
     try:
         if target.is_dir():
             (cfgs, _), root = load_pipelines(target / "pipeline.yaml"), target.parent
         else:
             (cfgs, _), root = load_pipelines(target), results
-    except ConfigError as e:
+        cells = [recorded_stages(target, cfg) if target.is_dir() else plan(cfg, root) for cfg in cfgs]
+    except (ConfigError, ValueError) as e:
         _fail(str(e))
     click.echo(f"pipeline {cfgs[0].name} ({root / cfgs[0].name})")
-    for i, cfg in enumerate(cfgs):
-        plans = plan(cfg, root)
+    for i, (cfg, plans) in enumerate(zip(cfgs, cells)):
         if cfg.variant:
             done = sum(is_done(st) for st in plans)
             click.echo(f"  [cell {i}: {cfg.variant}] {done}/{len(plans)} stages done")

@@ -80,7 +80,8 @@ def space_module(kind: str):
     return None
 
 
-def _digest(payload: Any) -> str:
+def digest(payload: Any) -> str:
+    """The first 10 hex digits of the SHA-256 of ``payload``'s canonical JSON."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -117,7 +118,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             from safs.hpo.space import load_space, resolve_space as resolve_hpo_space
 
             cs = load_space(resolve_hpo_space(st.space), st.space_options or None)
-            settings["space_digest"] = _digest(cs.to_serialized_dict())
+            settings["space_digest"] = digest(cs.to_serialized_dict())
             uses_method = pruned
         else:
             assert isinstance(st, TrainStage)
@@ -130,7 +131,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
         if getattr(st, "settings_from", None):
             payload["settings_from"] = plans[index[st.settings_from]].hash
-        h = _digest(payload)
+        h = digest(payload)
         label = st.label or DEFAULT_LABELS.get(st.name, st.name)
         spec = {
             "pipeline": cfg.name,

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 
-from safs.io import read_json, sha256
-from safs.plan import MODEL, RECORD, SEARCH_STATE, StagePlan
+from pathlib import Path
+
+from safs.io import read_json, sha256, write_json
+from safs.plan import MODEL, RECORD, SEARCH_STATE, StagePlan, digest, plan
+
+CELLS = "cells"  # <run>/cells/<id>.json: the stages of one pipeline (matrix cell) as it last ran
 
 ROW_COLUMNS = [
     "pipeline", "variant", "stage", "stage_index", "stage_kind", "label", "stage_hash", "trial_id", "status",
@@ -112,3 +116,41 @@ def stage_status(stage: StagePlan) -> str:
         told = len(((read_json(stage.dir / SEARCH_STATE) or {}).get("told") or {}))
         return f"partial ({told} candidates finished)"
     return "partial"
+
+
+# --------------------------------------------------------------------------- cells
+
+def _cell_path(run_dir: Path, variant: str | None) -> Path:
+    return Path(run_dir) / CELLS / f"{digest(variant or '')}.json"
+
+
+def write_cell(run_dir: Path, variant: str | None, plans: list[StagePlan]) -> None:
+    """Record which stage directories make up this pipeline (matrix cell), so readers find
+    its stages without planning again (planning reads search-space files, which may since
+    have been edited or deleted)."""
+    stages = [{"index": st.index, "name": st.name, "kind": st.kind, "label": st.label, "hash": st.hash,
+               "dir": st.dir.name, "input_index": st.input_index, "spec": st.spec} for st in plans]
+    write_json(_cell_path(run_dir, variant), {"variant": variant, "stages": stages})
+
+
+def read_cell(run_dir: Path, variant: str | None) -> list[StagePlan] | None:
+    """The stages recorded for a cell by :func:`write_cell`; ``None`` when there is no record."""
+    rec = read_json(_cell_path(run_dir, variant))
+    if not rec or rec.get("variant") != variant:
+        return None
+    return [StagePlan(s["index"], s["name"], s["kind"], s["label"], s["hash"], Path(run_dir) / s["dir"], s["spec"],
+                      s["input_index"]) for s in rec["stages"]]
+
+
+def recorded_stages(run_dir: Path, cfg) -> list[StagePlan]:
+    """The stages of pipeline ``cfg`` in its run directory: as recorded when it ran, else (runs
+    recorded before cells existed, or never run) as planned now. ``ValueError``, with a
+    one-line message, when neither is possible (e.g. a search-space file that is gone)."""
+    stages = read_cell(run_dir, cfg.variant)
+    if stages is not None:
+        return stages
+    try:
+        return plan(cfg, Path(run_dir).parent)
+    except ValueError as e:
+        cell = f" (cell {cfg.variant})" if cfg.variant else ""
+        raise ValueError(f"{run_dir}{cell}: no record of its stages, and they cannot be planned again: {e}") from None

@@ -15,7 +15,7 @@ from safs.config import PipelineConfig
 from safs.errors import StageFailed, StageInterrupted
 from safs.io import copy_file, exclusive, read_json, sha256, write_json, write_parquet, write_text
 from safs.plan import MODEL, RECORD, TRIALS, StagePlan, plan
-from safs.records import damage, is_done, make_row, read_record
+from safs.records import damage, is_done, make_row, read_record, write_cell
 
 def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, num_cpus: float | None = None,
         quiet: bool = False, verbose: bool = False, echo=print, stored: dict | None = None,
@@ -30,6 +30,7 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
     run_dir = Path(results_root) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "pipeline.yaml", yaml.safe_dump(stored or cfg.model_dump(mode="json"), sort_keys=False))
+    write_cell(run_dir, cfg.variant, plans)
     experiment.forward_sigterm()
     rerun = set() if rerun is None else rerun
     for st in plans:

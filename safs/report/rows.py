@@ -31,17 +31,17 @@ def run_rows(run_dir: str | Path) -> list[dict] | None:
     a stage shared by several cells is one record but one row per cell). ``None`` when the
     directory holds no readable ``pipeline.yaml``."""
     from safs.config import ConfigError, load_pipelines
-    from safs.plan import plan
-    from safs.records import is_done, read_record
+    from safs.records import is_done, read_record, recorded_stages
 
     run_dir = Path(run_dir)
     try:
         cfgs, _ = load_pipelines(run_dir / "pipeline.yaml")
+        cells = [(cfg, recorded_stages(run_dir, cfg)) for cfg in cfgs]
     except (ConfigError, ValueError, OSError):
         return None
     rows = []
-    for cfg in cfgs:
-        for st in plan(cfg, run_dir.parent):
+    for cfg, stages in cells:
+        for st in stages:
             if is_done(st):
                 rows.append(dict(read_record(st)["row"], variant=cfg.variant))
     return rows
