@@ -15,7 +15,7 @@ from safs.config import ConfigError, parse_pipelines
 from safs.plan import plan
 
 from conftest import safs_cmd, subprocess_env
-from test_pipeline_e2e import kill_ray_leftovers
+from conftest import kill_ray_leftovers
 
 SWEEP = """
 name: sweep

@@ -439,7 +439,7 @@ def test_pipeline_with_an_activation_search(method, tmp_path):
     masks are kept) -> activation search (random, 2 candidates, 1 epoch) -> final (1 epoch).
     No prune stage: these are during-training methods, the pipeline refuses one."""
     from conftest import safs_cmd, subprocess_env
-    from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+    from conftest import by_stage, kill_ray_leftovers, records
 
     target = 0.8
     f = tmp_path / "p.yaml"

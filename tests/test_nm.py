@@ -416,7 +416,7 @@ def method_follows_sparse_train(yaml_text: str, tmp_path: Path) -> bool:
 
 
 def run_pipeline(tmp_path: Path, text: str, name: str):
-    from test_pipeline_e2e import kill_ray_leftovers
+    from conftest import kill_ray_leftovers
 
     from conftest import safs_cmd, subprocess_env
 

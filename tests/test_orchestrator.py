@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from conftest import subprocess_env
-from test_pipeline_e2e import kill_ray_leftovers
+from conftest import kill_ray_leftovers
 
 LISTENING = """
 import json, psutil

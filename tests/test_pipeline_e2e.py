@@ -11,36 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, safs_cmd, subprocess_env
+from conftest import E2E_PIPELINE as PIPELINE
+from conftest import ROOT, by_stage, kill_ray_leftovers, records, safs_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-PIPELINE = """
-name: e2e
-seed: 1
-data: {{name: {data}}}
-model: {{name: lenet5}}
-sparsity: {{method: lwm, target: 0.8}}
-defaults:
-  train: {{batch_size: 64, optimizer: {{name: adam, lr: 0.003}}}}
-stages:
-  - {{name: dense, kind: train, epochs: {dense}}}
-  - {{name: prune, kind: prune}}
-  - {{name: retrain, kind: train, epochs: {retrain}}}
-"""
-
-
-def records(run_dir: Path) -> dict[str, dict]:
-    out = {}
-    for f in sorted(run_dir.glob("*/stage.json")):
-        out[f.parent.name] = json.loads(f.read_text())
-    return out
-
-
-def by_stage(recs: dict[str, dict], name: str) -> dict:
-    [rec] = [r for d, r in recs.items() if d.split("-")[1] == name]
-    return rec
-
 
 def last_epoch(stage_dir_glob: list[Path]) -> int:
     best = 0
@@ -50,19 +24,6 @@ def last_epoch(stage_dir_glob: list[Path]) -> int:
             if lines:
                 best = max(best, json.loads(lines[-1])["epoch"])
     return best
-
-
-def kill_ray_leftovers(ray_tmp: str) -> None:
-    """Ray processes of the killed driver outlive it; stop exactly those, by PID."""
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if ray_tmp in cmd or any(ray_tmp in f.path for f in proc.open_files()):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
 
 
 def test_sigkill_during_retrain_resumes_without_repeating_dense(tmp_path):

@@ -308,7 +308,7 @@ stages:
 def test_pipeline_dense_sas_search_final_on_digits(tmp_path):
     import pandas as pd
     from conftest import safs_cmd, subprocess_env
-    from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+    from conftest import by_stage, kill_ray_leftovers, records
 
     from safs.model_file import load_model
 

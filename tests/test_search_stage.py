@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
-from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+from conftest import by_stage, kill_ray_leftovers, records
 
 EPOCHS = 3  # epochs_per_candidate
 SAMPLES = 8
