@@ -52,13 +52,14 @@ def epochs_to_reach(trials, target: float) -> int | None:
 def run_search(root: Path, search: dict):
     import pandas as pd
 
-    from safs import pipeline as pl
     from safs.config import parse_pipeline
+    from safs.plan import TRIALS
+    from safs.runner import run
 
     cfg = parse_pipeline(pipeline(search), source="search_fidelity")
-    plans = pl.run(cfg, root, quiet=True, echo=lambda *_: None)
+    plans = run(cfg, root, quiet=True, echo=lambda *_: None)
     stage = plans[-1]
-    return pd.read_parquet(stage.dir / pl.TRIALS)
+    return pd.read_parquet(stage.dir / TRIALS)
 
 
 def main(argv=None) -> int:

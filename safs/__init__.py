@@ -26,7 +26,7 @@ def load_model(path):
     the slots' α/β applied, so its test accuracy and its zeros are the row's."""
     from pathlib import Path
 
-    from safs.stages.common import load_model as _load
+    from safs.model_file import load_model as _load
 
     path = Path(path)
     if path.is_dir():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
 
-from safs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from safs import cluster
+
+from safs.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT):
@@ -16,86 +20,14 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
 
 
 def _load(path: Path):
-    """Validate a pipeline file completely (schema, data files, model options) before anything
-    runs; return its pipelines (several with a ``matrix:``) and the matrix."""
-    from safs.config import ConfigError, load_pipelines
+    """The pipelines of a file, made runnable (``safs.preflight``); bad input exits 2 here."""
+    from safs.config import ConfigError
+    from safs.preflight import load
 
     try:
-        cfgs, matrix = load_pipelines(path)
-        return [_preflight(cfg, path) for cfg in cfgs], matrix
+        return load(path)
     except ConfigError as e:
         _fail(str(e))
-
-
-def _preflight(cfg, path: Path):
-    from safs.config import ConfigError
-
-    data = cfg.data
-    if data.data_dir is not None:
-        # Relative data directories are relative to the pipeline file, not the shell.
-        d = Path(data.data_dir).expanduser()
-        d = d if d.is_absolute() else (path.parent / d)
-        cfg = cfg.model_copy(update={"data": data.model_copy(update={"data_dir": str(d.resolve())})})
-    cfg = _resolve_spaces(cfg, path)
-    from safs.budget import resolve_budget
-
-    cfg = resolve_budget(cfg, path)
-    from safs.data import DataError, check_dataset
-
-    try:
-        check_dataset(cfg.data.name, cfg.data.data_dir)
-    except DataError as e:
-        raise ConfigError(f"{path.name}: {e}") from None
-    try:
-        _check_model(cfg)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"{path.name}: {str(e).strip(chr(34) + chr(39))}") from None
-    return cfg
-
-
-def _resolve_spaces(cfg, path: Path):
-    """Search-space files named by path are relative to the pipeline file; each must load."""
-    from safs.config import ConfigError
-    from safs.search import hpo_space, space
-
-    stages = list(cfg.stages)
-    for i, st in enumerate(stages):
-        if st.kind not in ("activation_search", "hpo"):
-            continue
-        module = space if st.kind == "activation_search" else hpo_space
-        try:
-            resolved = module.resolve_space(st.space, path.parent)
-            if st.kind == "hpo":
-                hpo_space.load_space(resolved, st.space_options or None)
-            else:
-                space.load_choices(resolved)
-        except ValueError as e:
-            raise ConfigError(f"{path.name}: stages[{i}].space: {e}") from None
-        if st.space not in module.list_spaces():
-            stages[i] = st.model_copy(update={"space": str(resolved)})
-    return cfg.model_copy(update={"stages": stages})
-
-
-def _check_model(cfg) -> None:
-    """Build the model and the sparse method once on the CPU, so bad options fail before Ray starts."""
-    from safs.data import dataset_shape
-    from safs.models import create_model
-    from safs.sparsity import create_method
-
-    num_classes, shape = dataset_shape(cfg.data.name)
-    try:
-        model = create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
-    except TypeError as e:
-        raise ValueError(f"model.options: {e}") from None
-    if cfg.sparsity is not None:
-        method = create_method(cfg.sparsity.method, cfg.sparsity.target, cfg.sparsity.options)
-        # Attached once to the real architecture, so options that name layers (exclude,
-        # layer_targets) and the models SAS converts fail here, before Ray starts.
-        try:
-            method.attach(model)
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith("sparsity.") else f"sparsity.method: {msg}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,7 +60,8 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
     import logging
     from contextlib import nullcontext
 
-    from safs import pipeline as pl
+    from safs.plan import plan
+    from safs.records import stage_status
 
     name = cfgs[0].name
     stored = None
@@ -142,12 +75,13 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
         for i, cfg in selected:
             if cfg.variant:
                 click.echo(f"[cell {i}: {cfg.variant}]")
-            for st in pl.plan(cfg, results):
-                click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{pl.stage_status(st)}]")
+            for st in plan(cfg, results):
+                click.echo(f"{st.index + 1:02d}  {st.name:<12} {st.kind:<17} {st.hash}  {st.dir}  [{stage_status(st)}]")
         return
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     from safs.io import Busy, exclusive
-    from safs.orchestrator import StageFailed, StageInterrupted
+    from safs.errors import StageFailed, StageInterrupted
+    from safs.runner import run as run_pipeline
 
     if not cells:
         click.echo(f"safs: pipeline '{name}' -> {results / name}" + (f" ({len(cfgs)} matrix cells)" if matrix else ""))
@@ -162,7 +96,7 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
                 for i, cfg in selected:
                     if cfg.variant and not cells:
                         click.echo(f"safs: [cell {i}: {cfg.variant}]")
-                    pl.run(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
+                    run_pipeline(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose,
                            echo=click.echo, stored=stored, rerun=rerun)
     except Busy as e:
         _fail(f"{results / name}: {e}; one safs run per pipeline at a time", EXIT_FAILED)
@@ -182,7 +116,7 @@ def _parallel_cells(cfgs, parallel, address, num_cpus, verbose) -> int:
     if parallel is None:  # as many as fit: ask the cluster (this also starts the local Ray)
         import ray
 
-        from safs.orchestrator import ensure_ray
+        from safs.tune.experiment import ensure_ray
         from safs.sweep import auto_parallel
 
         ensure_ray(address, num_cpus, verbose)
@@ -194,7 +128,7 @@ def _sweep(path: Path, selected, results: Path, width: int, address, num_cpus, q
     """The cells, ``width`` at a time, each in a child process on this driver's Ray."""
     import ray
 
-    from safs.orchestrator import ensure_ray
+    from safs.tune.experiment import ensure_ray
     from safs.sweep import child_command, run_cells
 
     ensure_ray(address, num_cpus, verbose)
@@ -232,25 +166,29 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def status(target: Path, results: Path):
-    """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending."""
-    from safs import pipeline as pl
+    """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending.
+
+    A run directory shows the stages as they ran (their records); a pipeline file, the stages
+    it would run now."""
     from safs.config import ConfigError, load_pipelines
+    from safs.plan import plan
+    from safs.records import is_done, recorded_stages, stage_status
 
     try:
         if target.is_dir():
             (cfgs, _), root = load_pipelines(target / "pipeline.yaml"), target.parent
         else:
             (cfgs, _), root = load_pipelines(target), results
-    except ConfigError as e:
+        cells = [recorded_stages(target, cfg) if target.is_dir() else plan(cfg, root) for cfg in cfgs]
+    except (ConfigError, ValueError) as e:
         _fail(str(e))
     click.echo(f"pipeline {cfgs[0].name} ({root / cfgs[0].name})")
-    for i, cfg in enumerate(cfgs):
-        plans = pl.plan(cfg, root)
+    for i, (cfg, plans) in enumerate(zip(cfgs, cells)):
         if cfg.variant:
-            done = sum(pl.is_done(st) for st in plans)
+            done = sum(is_done(st) for st in plans)
             click.echo(f"  [cell {i}: {cfg.variant}] {done}/{len(plans)} stages done")
         for st in plans:
-            click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {pl.stage_status(st)}")
+            click.echo(f"  {st.index + 1:02d} {st.name:<12} {st.kind:<17} {st.hash}  {stage_status(st)}")
 
 
 @main.command("list")
@@ -356,10 +294,155 @@ def plot(paths, kind: str, out: Path):
     click.echo(f"safs: wrote {out}")
 
 
-from safs.jobs import jobs, submit  # noqa: E402  (cluster commands live in their own module)
+# ----------------------------------------------------------------------------------- cluster jobs
 
-main.add_command(submit)
-main.add_command(jobs)
+@contextlib.contextmanager
+def _cli_errors(address: str, job_id: str | None = None) -> Iterator[None]:
+    """Every failure of a command as ``error: <one line>`` and its exit code."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001
+        message, code = cluster.explain(e, address, job_id)
+        _fail(message, code)
+
+
+def _address_option(f):
+    return click.option("--address", default=None, metavar="URL",
+                        help=f"The Ray dashboard's URL (Jobs API). Default: ${cluster.ADDRESS_ENV}, else {cluster.DEFAULT_ADDRESS}.")(f)
+
+
+def _client(address: str | None):
+    address = address or cluster.default_address()
+    with _cli_errors(address):
+        return cluster.check_address(address), cluster.connect(address)
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@_address_option
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results root, made absolute here; the run goes to RESULTS/<pipeline name>/. On a remote "
+                   "cluster it must be a path the cluster can write (e.g. shared storage).")
+@click.option("--python", "python", default=sys.executable, metavar="PATH", show_default="this interpreter",
+              help="Absolute path of the Python that runs safs on the cluster (Ray Jobs run with the "
+                   "cluster's PATH, not this virtualenv). The default fits a cluster that shares this "
+                   "environment; on a remote cluster pass the cluster's interpreter.")
+@click.option("--submission-id", default=None, help="Job id; default safs-<pipeline name>-<UTC time>.")
+@click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it SUCCEEDED.")
+def submit(pipeline: Path, address: str | None, results: Path, python: str, submission_id: str | None,
+           wait: bool):
+    """Run PIPELINE.yaml as a Ray Job on the cluster at --address.
+
+    The pipeline is validated here first, exactly as `safs run` does. The job ships this safs code and
+    the pipeline (with search-space files) and runs `safs run --address auto` on the cluster. `safs jobs
+    stop` checkpoints it; submitting the same pipeline with the same --results continues it. Data
+    directories (data.data_dir) must be paths the cluster can read."""
+    cfgs, _ = _load(pipeline)  # bad input exits 2 here, before anything is sent
+    name = cfgs[0].name
+    results = cluster.absolute_results(results)
+    address, client = _client(address)  # a malformed address exits 2 too, before connecting
+    with _cli_errors(address):
+        sid = cluster.submit_pipeline(client, pipeline, name, results, python, submission_id)
+    hint = f"--address {address}"
+    click.echo(f"safs: submitted job {sid} (pipeline '{name}') to {address}")
+    click.echo(f"safs: results -> {results / name} (on the cluster)")
+    click.echo(f"safs: follow:  safs jobs logs {sid} {hint} --follow")
+    click.echo(f"safs: status:  safs jobs status {sid} {hint}")
+    click.echo(f"safs: stop:    safs jobs stop {sid} {hint}   (checkpoints; submit again to continue)")
+    if not wait:
+        return
+    try:
+        with _cli_errors(address, sid):
+            status = cluster.wait_for(client, sid, on_change=lambda s: click.echo(f"safs: job {sid}: {s}"))
+    except KeyboardInterrupt:
+        _fail(f"stopped waiting; job {sid} keeps running (safs jobs stop {sid} {hint})", EXIT_INTERRUPTED)
+    if status == "STOPPED":
+        _fail(f"job {sid} was stopped; submit the same pipeline again to continue", EXIT_INTERRUPTED)
+    if status != "SUCCEEDED":
+        with _cli_errors(address, sid):
+            tail = client.get_job_logs(sid).rstrip().splitlines()[-15:]
+        click.echo("\n".join(tail))
+        _fail(f"job {sid} {status}; see: safs jobs logs {sid} {hint}", EXIT_FAILED)
+    click.echo(f"safs: done. Table: safs table {results / name}")
+
+
+@main.group(context_settings={"help_option_names": ["-h", "--help"]})
+def jobs():
+    """Follow, stop and list pipelines submitted with `safs submit`.
+
+    Clusters started with token authentication need RAY_AUTH_MODE=token and the cluster's token
+    (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) on this machine."""
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_address_option
+def status_cmd(job_id: str, address: str | None):
+    """Status, pipeline, results directory and times of JOB_ID."""
+    address, client = _client(address)
+    with _cli_errors(address, job_id):
+        info = client.get_job_info(job_id)
+    for key, value in cluster.describe(info):
+        click.echo(f"{key + ':':<10} {value}")
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@_address_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def logs_cmd(job_id: str, address: str | None, follow: bool):
+    """The driver log of JOB_ID (what `safs run` prints on the cluster)."""
+    address, client = _client(address)
+    with _cli_errors(address, job_id):
+        if not follow:
+            click.echo(client.get_job_logs(job_id), nl=False)
+            return
+        client.get_job_info(job_id)  # an unknown id fails here with a clear message
+        try:
+            cluster.follow_logs(client, job_id, lambda chunk: click.echo(chunk, nl=False))
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_address_option
+@click.option("--wait", is_flag=True, help="Block until the job has stopped.")
+def stop_cmd(job_id: str, address: str | None, wait: bool):
+    """Stop JOB_ID at a checkpoint; submitting it again continues it.
+
+    The job gets SIGINT, so Tune saves its state and safs records the stage (it has 60 s before Ray
+    kills it), then it ends STOPPED. Submit the same pipeline with the same --results to continue."""
+    address, client = _client(address)
+    with _cli_errors(address, job_id):
+        stopping = client.stop_job(job_id)
+        if not stopping:
+            click.echo(f"safs: job {job_id} is not running ({status_of(client, job_id)})")
+            return
+        click.echo(f"safs: stopping job {job_id}")
+        if wait:
+            click.echo(f"safs: job {job_id}: {wait_for(client, job_id, poll_s=1.0)}")
+
+
+@jobs.command("list")
+@_address_option
+def list_cmd(address: str | None):
+    """Submitted jobs, oldest first: id, status, pipeline, start time."""
+    address, client = _client(address)
+    with _cli_errors(address):
+        found = [j for j in client.list_jobs() if j.submission_id]
+    found.sort(key=lambda j: j.start_time or 0)
+    if not found:
+        click.echo(f"no jobs at {address}")
+        return
+    width = max(len(j.submission_id) for j in found)
+    for j in found:
+        status = cluster.status_name(j.status)
+        pipeline = (j.metadata or {}).get("safs_pipeline", "-")
+        click.echo(f"{j.submission_id:<{width}}  {status:<9}  {pipeline:<20}  {cluster.format_time(j.start_time)}")
+
 
 if __name__ == "__main__":
     main()

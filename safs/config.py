@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from safs.settings import TrainingSettings, _Strict
 
 
 class ConfigError(ValueError):
     """A pipeline file that cannot run. ``str(err)`` is the one-line message for the user."""
-
-
-class _Strict(BaseModel):
-    # Unknown keys are errors (a typo must never silently fall back to a default).
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -91,63 +88,6 @@ class ResourcesConfig(_Strict):
     gpus_per_trial: float = Field(default=0.0, ge=0)
     max_concurrent_trials: int = Field(default=1, ge=1)
     max_failures: int = Field(default=1, ge=0)
-
-
-class OptimizerConfig(_Strict):
-    """An optimizer (``safs.training.optim``): ``tadam`` is TAdam (Student-t Adam), ``fromage``
-    is Fromage (no weight decay); momentum/nesterov are SGD's, betas Adam's, AdamW's and TAdam's."""
-
-    name: Literal["sgd", "adam", "adamw", "tadam", "fromage"] = "sgd"
-    lr: float = Field(default=0.01, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-
-    @model_validator(mode="after")
-    def _no_fromage_decay(self) -> "OptimizerConfig":
-        if self.name == "fromage" and self.weight_decay:
-            raise ValueError(f"weight_decay: fromage has no weight decay; accepted: 0 (got {self.weight_decay})")
-        return self
-
-
-class ScheduleConfig(_Strict):
-    """Learning-rate schedule, stepped once per epoch."""
-
-    name: Literal["constant", "cosine", "step", "halving", "cosine_warm_restarts", "linear_warmup",
-                  "plateau"] = "constant"
-    step_size: int | None = Field(default=30, ge=1)  # step; null: epochs // 4 (the original)
-    gamma: float = Field(default=0.1, gt=0, le=1)  # step, plateau
-    # Linear warm-up before any schedule but plateau: the LR multiplier goes from
-    # warmup_start_factor at epoch 0 to 1 at epoch warmup_epochs. linear_warmup = warm-up, then constant.
-    warmup_epochs: int = Field(default=0, ge=0)
-    warmup_start_factor: float = Field(default=0.1, gt=0, le=1)
-    t0: int | None = Field(default=None, ge=1)  # cosine_warm_restarts; default epochs // 4
-    eta_min: float = Field(default=0.0, ge=0)  # cosine, cosine_warm_restarts
-    patience: int = Field(default=2, ge=0)  # plateau (on training loss, as in the original)
-
-    @model_validator(mode="after")
-    def _warmup(self) -> "ScheduleConfig":
-        if self.name == "linear_warmup" and self.warmup_epochs < 1:
-            raise ValueError("warmup_epochs: linear_warmup needs warmup_epochs >= 1 (the original: 5)")
-        if self.name == "plateau" and self.warmup_epochs:
-            raise ValueError(f"warmup_epochs: plateau has no warm-up; accepted: 0 (got {self.warmup_epochs})")
-        return self
-
-
-class TrainingSettings(_Strict):
-    """How a network is trained: shared by train stages and by every search candidate."""
-
-    batch_size: int = Field(default=128, ge=1)
-    eval_batch_size: int = Field(default=1024, ge=1)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    augment: bool | None = None  # None: the dataset's default augmentation
-    # Each activation slot's α, β: frozen (the original's dense, retrain and Stage 1) or
-    # learned (its Stage 2), in their own parameter group with this weight decay.
-    scales_trainable: bool = False
-    scales_weight_decay: float = Field(default=0.0, ge=0)
 
 
 class TrainStage(TrainingSettings):
@@ -228,7 +168,7 @@ class HpoStage(TrainingSettings):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        from safs.search.hpo_backends import list_backends
+        from safs.hpo.backends import list_backends
 
         if v not in list_backends():
             raise ValueError(f"unknown HPO backend '{v}'; accepted: {', '.join(list_backends())}")
@@ -366,7 +306,7 @@ def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool)
 def _check_hpo_stage(st: HpoStage, path: str) -> None:
     import ConfigSpace as CS
 
-    from safs.search.hpo_backends import backend_options, create_backend
+    from safs.hpo.backends import backend_options, create_backend
 
     if "n_trials" in st.options:
         raise _FieldError(f"{path}.options", "'n_trials': the trial count is the stage's 'trials'")

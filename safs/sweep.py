@@ -2,7 +2,7 @@
 
 Each cell runs in its own ``safs run --cell I`` process (Tune runs one experiment per
 driver), all joined to one Ray. Stages that cells share are trained once: a per-stage lock
-(``safs.pipeline.run``) makes the other cells wait for the stage and then find it done.
+(``safs.runner.run``) makes the other cells wait for the stage and then find it done.
 The parent relays each child's lines prefixed with its cell, forwards SIGINT/SIGTERM so the
 children stop cleanly (and resume later), and reports every cell's outcome.
 """
@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from safs.exit_codes import EXIT_INTERRUPTED
+from safs.errors import EXIT_INTERRUPTED
 
 
 def auto_parallel(resources: dict, cluster: dict, cells: int) -> int:

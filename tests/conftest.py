@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    from safs.orchestrator import ensure_ray  # also sets Tune's environment defaults
+    from safs.tune.experiment import ensure_ray  # also sets Tune's environment defaults
 
     ensure_ray(num_cpus=2)  # loopback only, no dashboard
     yield
@@ -37,3 +38,44 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# A dense -> prune -> retrain pipeline on a small dataset; format with data, dense, retrain epochs.
+E2E_PIPELINE = """
+name: e2e
+seed: 1
+data: {{name: {data}}}
+model: {{name: lenet5}}
+sparsity: {{method: lwm, target: 0.8}}
+defaults:
+  train: {{batch_size: 64, optimizer: {{name: adam, lr: 0.003}}}}
+stages:
+  - {{name: dense, kind: train, epochs: {dense}}}
+  - {{name: prune, kind: prune}}
+  - {{name: retrain, kind: train, epochs: {retrain}}}
+"""
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    out = {}
+    for f in sorted(run_dir.glob("*/stage.json")):
+        out[f.parent.name] = json.loads(f.read_text())
+    return out
+
+
+def by_stage(recs: dict[str, dict], name: str) -> dict:
+    [rec] = [r for d, r in recs.items() if d.split("-")[1] == name]
+    return rec
+
+
+def kill_ray_leftovers(ray_tmp: str) -> None:
+    """Ray processes of the killed driver outlive it; stop exactly those, by PID."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if ray_tmp in cmd or any(ray_tmp in f.path for f in proc.open_files()):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue

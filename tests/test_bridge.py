@@ -1,4 +1,4 @@
-"""The Ray Tune searcher bridge (``safs.search.bridge.AskTellSearcher``): driven by hand like
+"""The Ray Tune searcher bridge (``safs.tune.searcher.AskTellSearcher``): driven by hand like
 Tune drives it (suggest / on_trial_complete / save / restore), then one real, tiny Tune run."""
 
 import json
@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from safs import orchestrator  # noqa: F401  (sets Tune's environment defaults before Ray is used)
+from safs.tune import experiment  # noqa: F401  (sets Tune's environment defaults before Ray is used)
 from safs.search import GeneticAlgorithm, GenomeSpace, RandomSearch, create_optimizer
 from safs.search.base import FAILED
-from safs.search.bridge import STATE_VERSION, AskTellSearcher
+from safs.tune.searcher import STATE_VERSION, AskTellSearcher
 from ray.tune.search import Searcher
 
 FINISHED = Searcher.FINISHED
@@ -391,9 +391,9 @@ def test_origins_reach_the_trials_table_and_survive_a_resume(tmp_path, backend):
     trials table reads it from there, and a stage stopped with candidates running keeps
     every origin: the told candidates' from their old trial directories, the requeued ones'
     from the candidate the searcher persisted."""
-    from safs.search.hpo_backends import create_backend
-    from safs.search.hpo_space import load_space, paper_settings, with_defaults
-    from safs.search.trials import trials_frame
+    from safs.hpo.backends import create_backend
+    from safs.hpo.space import load_space, paper_settings, with_defaults
+    from safs.tune.trials import trials_frame
 
     cs = with_defaults(load_space("safs"), paper_settings("resnet18/cifar10"))
     options = {"n_trials": 7, **({"n_init": 3} if backend == "smac" else {})}
@@ -453,7 +453,7 @@ def test_origins_reach_the_trials_table_and_survive_a_resume(tmp_path, backend):
 
 
 def test_genome_candidates_carry_no_origin_and_their_rows_leave_it_null(tmp_path):
-    from safs.search.trials import trials_frame
+    from safs.tune.trials import trials_frame
 
     s = searcher_for(RandomSearch(make_space(), 0, samples=2), max_concurrent=2)
     assert s.optimizer.origin(0) is None

@@ -29,7 +29,7 @@ def stage_dir(root, name="02-sparse-0123456789", status="done", layers=LAYERS):
 
 
 def preflight(tmp_path, source, method="gmp"):
-    from safs.cli import _preflight
+    from safs.preflight import preflight as _preflight
     from safs.config import load_pipeline
 
     f = tmp_path / "p.yaml"
@@ -51,7 +51,7 @@ def test_budget_from_run_and_stage_name(tmp_path):
 
 
 def test_the_budget_changes_the_stage_hash(tmp_path):
-    from safs.pipeline import plan
+    from safs.plan import plan
 
     stage_dir(tmp_path)
     a = plan(preflight(tmp_path, "str_run/sparse"), tmp_path)[1].hash

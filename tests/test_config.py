@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from safs.cli import main
 from safs.config import ConfigError, load_pipeline, parse_pipeline
-from safs.pipeline import plan
+from safs.plan import plan
 
 from conftest import ROOT, safs_cmd, subprocess_env
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
-from safs.search.trials import result_lines
-from test_pipeline_e2e import PIPELINE, by_stage, kill_ray_leftovers, records
+from safs.tune.trials import result_lines
+from conftest import E2E_PIPELINE as PIPELINE
+from conftest import by_stage, kill_ray_leftovers, records
 
 pytestmark = pytest.mark.slow
 

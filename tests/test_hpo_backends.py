@@ -13,7 +13,7 @@ import zlib
 import pytest
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, Float
 
-from safs.search.hpo_backends import backend_class, backend_options, create_backend, list_backends
+from safs.hpo.backends import backend_class, backend_options, create_backend, list_backends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMUM = 1.0  # score of opt=sgd, lr=1e-2, momentum=0.9
@@ -352,7 +352,7 @@ BACKEND_IDS = ["smac", "smac-multi_fidelity", "optuna"]
 def stage_space(key: str) -> ConfigurationSpace:
     """The built-in space with a paper model's training settings as its defaults, as an hpo
     stage builds it."""
-    from safs.search.hpo_space import load_space, paper_settings, with_defaults
+    from safs.hpo.space import load_space, paper_settings, with_defaults
 
     return with_defaults(load_space("safs"), paper_settings(key))
 
@@ -533,7 +533,7 @@ def test_registry_errors_name_the_bad_input():
 
 
 def test_importing_the_registry_loads_neither_smac_nor_optuna():
-    code = ("import sys; import safs.search.hpo_backends as h; h.backend_options('smac'); "
+    code = ("import sys; import safs.hpo.backends as h; h.backend_options('smac'); "
             "h.backend_options('optuna'); print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('smac', 'optuna', 'ray', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -545,7 +545,7 @@ def test_importing_the_registry_loads_neither_smac_nor_optuna():
 def test_backends_drive_the_tune_bridge(backend):
     from ray.tune.search import Searcher
 
-    from safs.search.bridge import AskTellSearcher
+    from safs.tune.searcher import AskTellSearcher
 
     cs = make_space()
     searcher = AskTellSearcher(create_backend(backend, cs, 0, {"n_trials": 5}), max_concurrent=2)

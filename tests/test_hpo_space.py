@@ -7,9 +7,9 @@ import ConfigSpace as CS
 import pytest
 import yaml
 
-from safs.config import TrainingSettings
+from safs.settings import TrainingSettings
 from safs.models import list_models
-from safs.search import hpo_space as H
+from safs.hpo import space as H
 
 ALL_SCHEDULES = ["halving", "cosine_warm_restarts", "constant", "cosine", "step", "linear_warmup", "plateau"]
 
@@ -177,7 +177,7 @@ def test_modern_configurations_map_to_valid_settings():
 def test_sampled_settings_build_optimizers_and_schedulers():
     import torch
 
-    from safs.config import OptimizerConfig, ScheduleConfig
+    from safs.settings import OptimizerConfig, ScheduleConfig
     from safs.training.optim import make_optimizer, make_scheduler
 
     done = set()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
-from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+from conftest import by_stage, kill_ray_leftovers, records
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 
 from conftest import ROOT, safs_cmd
 from raycluster import cluster_pids, free_ports, start_head, stop_head
-from safs import jobs as J
-from safs.cli import _load, main
+from safs import cluster as J
+from safs.cli import main
+from safs.preflight import load as _load
 
 SPACE = ROOT / "search_spaces" / "activations" / "safs13.yaml"
 
@@ -102,7 +103,7 @@ def test_stage_project_ships_package_and_builtin_spaces(tmp_path):
     assert (tmp_path / "safs" / "cli.py").is_file()
     assert not list(tmp_path.rglob("__pycache__"))
     # What the job's driver sees: its cwd (the working_dir) first on sys.path.
-    probe = ("import safs.search.space as s, safs.search.hpo_space as h; "
+    probe = ("import safs.search.space as s, safs.hpo.space as h; "
              "print(s.__file__); print(s.list_spaces()); print(h.list_spaces())")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=True).stdout.splitlines()
@@ -130,7 +131,7 @@ def test_submit_pipeline_runtime_env_and_metadata(tmp_path):
     assert kw["metadata"] == {"safs_pipeline": "tiny", "safs_results": str(results)}
     assert kw["entrypoint"] == J.entrypoint("/usr/bin/python3", results)
     assert kw["runtime_env"]["env_vars"] == {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
-    assert {"pipeline.yaml", "spaces/01-mine.yaml", "safs/cli.py", "safs/jobs.py",
+    assert {"pipeline.yaml", "spaces/01-mine.yaml", "safs/cli.py", "safs/cluster.py",
             "search_spaces/activations/safs13.yaml"} <= set(kw["files"])
     assert kw["pipeline"]["stages"][3]["space"] == "spaces/01-mine.yaml"
     assert not Path(kw["runtime_env"]["working_dir"]).exists()  # removed once uploaded

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from safs.config import ConfigError, parse_pipelines
-from safs.pipeline import plan
+from safs.plan import plan
 
 from conftest import safs_cmd, subprocess_env
-from test_pipeline_e2e import kill_ray_leftovers
+from conftest import kill_ray_leftovers
 
 SWEEP = """
 name: sweep

@@ -281,7 +281,7 @@ def meta():
 
 @pytest.mark.parametrize("name", ALL)
 def test_finalize_round_trips_through_save_and_load_model(name, tmp_path):
-    from safs.stages.common import load_model, save_model
+    from safs.model_file import load_model, save_model
 
     options = {"s_init": -3.0} if name == "str" else {}
     model = method_model = lenet()
@@ -330,7 +330,7 @@ def test_direct_prune_attach_prune_finalize(name):
 @pytest.mark.parametrize("name", ALL)
 def test_a_sparse_input_model_keeps_its_sparsity_in_a_later_stage(name, tmp_path):
     """What an activation search or final stage does with the finalized model of a stage before."""
-    from safs.stages.common import load_model, save_model
+    from safs.model_file import load_model, save_model
 
     first = create_method(name, 0.8, {"s_init": -3.0} if name == "str" else {})
     model = first.attach(lenet())
@@ -439,7 +439,7 @@ def test_pipeline_with_an_activation_search(method, tmp_path):
     masks are kept) -> activation search (random, 2 candidates, 1 epoch) -> final (1 epoch).
     No prune stage: these are during-training methods, the pipeline refuses one."""
     from conftest import safs_cmd, subprocess_env
-    from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+    from conftest import by_stage, kill_ray_leftovers, records
 
     target = 0.8
     f = tmp_path / "p.yaml"

@@ -344,7 +344,7 @@ def test_check_nm_detects_planted_violations():
 @pytest.mark.parametrize("name", METHODS)
 def test_finalized_model_round_trips_through_save_and_load(tmp_path, name):
     from safs.models import create_model
-    from safs.stages.common import load_model, save_model
+    from safs.model_file import load_model, save_model
 
     meta = {"name": "lenet5", "activation": "relu", "options": {}, "num_classes": 10, "input_shape": [1, 8, 8]}
     torch.manual_seed(0)
@@ -407,7 +407,7 @@ GUMBEL_PIPELINE = HEAD.format(name="nm_gumbel", method="nm_gumbel", options=", o
 
 def method_follows_sparse_train(yaml_text: str, tmp_path: Path) -> bool:
     from safs.config import parse_pipeline
-    from safs.pipeline import plan
+    from safs.plan import plan
 
     import yaml
 
@@ -416,7 +416,7 @@ def method_follows_sparse_train(yaml_text: str, tmp_path: Path) -> bool:
 
 
 def run_pipeline(tmp_path: Path, text: str, name: str):
-    from test_pipeline_e2e import kill_ray_leftovers
+    from conftest import kill_ray_leftovers
 
     from conftest import safs_cmd, subprocess_env
 
@@ -436,7 +436,7 @@ def run_pipeline(tmp_path: Path, text: str, name: str):
 
 
 def assert_model_file_valid(path: Path, stage: str):
-    from safs.stages.common import load_model
+    from safs.model_file import load_model
 
     model, blob = load_model(path)
     assert check_nm(model, "im2col") == [], stage

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from safs.config import OptimizerConfig, ScheduleConfig
+from safs.settings import OptimizerConfig, ScheduleConfig
 from safs.training.optim import OPTIMIZERS, TAdam, make_optimizer, make_scheduler, step_scheduler
 
 

@@ -9,11 +9,11 @@ import tempfile
 import pytest
 
 from conftest import subprocess_env
-from test_pipeline_e2e import kill_ray_leftovers
+from conftest import kill_ray_leftovers
 
 LISTENING = """
 import json, psutil
-from safs.orchestrator import ensure_ray
+from safs.tune.experiment import ensure_ray
 ensure_ray(num_cpus=1)
 import ray
 addresses = {}

@@ -11,36 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, safs_cmd, subprocess_env
+from conftest import E2E_PIPELINE as PIPELINE
+from conftest import ROOT, by_stage, kill_ray_leftovers, records, safs_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-PIPELINE = """
-name: e2e
-seed: 1
-data: {{name: {data}}}
-model: {{name: lenet5}}
-sparsity: {{method: lwm, target: 0.8}}
-defaults:
-  train: {{batch_size: 64, optimizer: {{name: adam, lr: 0.003}}}}
-stages:
-  - {{name: dense, kind: train, epochs: {dense}}}
-  - {{name: prune, kind: prune}}
-  - {{name: retrain, kind: train, epochs: {retrain}}}
-"""
-
-
-def records(run_dir: Path) -> dict[str, dict]:
-    out = {}
-    for f in sorted(run_dir.glob("*/stage.json")):
-        out[f.parent.name] = json.loads(f.read_text())
-    return out
-
-
-def by_stage(recs: dict[str, dict], name: str) -> dict:
-    [rec] = [r for d, r in recs.items() if d.split("-")[1] == name]
-    return rec
-
 
 def last_epoch(stage_dir_glob: list[Path]) -> int:
     best = 0
@@ -50,19 +24,6 @@ def last_epoch(stage_dir_glob: list[Path]) -> int:
             if lines:
                 best = max(best, json.loads(lines[-1])["epoch"])
     return best
-
-
-def kill_ray_leftovers(ray_tmp: str) -> None:
-    """Ray processes of the killed driver outlive it; stop exactly those, by PID."""
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if ray_tmp in cmd or any(ray_tmp in f.path for f in proc.open_files()):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
 
 
 def test_sigkill_during_retrain_resumes_without_repeating_dense(tmp_path):
@@ -121,22 +82,22 @@ def test_sigkill_during_retrain_resumes_without_repeating_dense(tmp_path):
 def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session, monkeypatch):
     import safs
     from safs.cli import main
-    from safs import pipeline
+    from safs import runner
     from safs.config import parse_pipeline
-    from safs.report.rows import ROW_COLUMNS
+    from safs.records import ROW_COLUMNS
     import yaml
 
     monkeypatch.chdir(tmp_path)
     results = Path("results")  # relative, as users type it
     cfg = parse_pipeline(yaml.safe_load(PIPELINE.format(data="digits", dense=3, retrain=2)))
     lines = []
-    pipeline.run(cfg, results, quiet=True, echo=lines.append)
+    runner.run(cfg, results, quiet=True, echo=lines.append)
     first = records(results / "e2e")
     assert len(first) == 3 and all(r["status"] == "done" for r in first.values())
 
     cfg2 = parse_pipeline(yaml.safe_load(PIPELINE.format(data="digits", dense=3, retrain=3)))
     lines.clear()
-    pipeline.run(cfg2, results, quiet=True, echo=lines.append)
+    runner.run(cfg2, results, quiet=True, echo=lines.append)
     second = records(results / "e2e")
     assert len(second) == 4  # one new retrain directory next to the old one
     assert by_stage(second, "dense") == by_stage(first, "dense")
@@ -171,15 +132,15 @@ def test_changed_retrain_epochs_reuse_dense_and_prune(tmp_path, ray_session, mon
 def test_diverging_trial_is_recorded_as_failed(tmp_path, ray_session):
     import yaml
 
-    from safs import pipeline
+    from safs import runner
     from safs.config import parse_pipeline
-    from safs.orchestrator import StageFailed
+    from safs.errors import StageFailed
 
     text = PIPELINE.format(data="digits", dense=2, retrain=1).replace(
         "optimizer: {name: adam, lr: 0.003}", "optimizer: {name: sgd, lr: 1.0e+12}")
     cfg = parse_pipeline(yaml.safe_load(text + "resources: {max_failures: 0}\n"))
     with pytest.raises(StageFailed, match="training loss is nan|training loss is inf"):
-        pipeline.run(cfg, tmp_path / "results", quiet=True, echo=lambda _: None)
+        runner.run(cfg, tmp_path / "results", quiet=True, echo=lambda _: None)
     rec = by_stage(records(tmp_path / "results" / "e2e"), "dense")
     assert rec["status"] == "failed" and "training loss is" in rec["error"] and "\n" not in rec["error"]
     assert not any((tmp_path / "results" / "e2e").glob("02-*"))  # nothing downstream started
@@ -189,7 +150,7 @@ def test_a_truncated_model_reruns_its_stage_and_everything_downstream(tmp_path, 
     import yaml
 
     import safs
-    from safs import pipeline
+    from safs import runner
     from safs.cli import main
     from safs.config import parse_pipeline
     from safs.io import sha256
@@ -200,7 +161,7 @@ def test_a_truncated_model_reruns_its_stage_and_everything_downstream(tmp_path, 
 """
     cfg = parse_pipeline(yaml.safe_load(text))
     results = tmp_path / "results"
-    pipeline.run(cfg, results, quiet=True, echo=lambda _: None)
+    runner.run(cfg, results, quiet=True, echo=lambda _: None)
     run_dir = results / "e2e"
     first = records(run_dir)
     [retrain_dir] = [run_dir / d for d in first if d.split("-")[1] == "retrain"]
@@ -213,7 +174,7 @@ def test_a_truncated_model_reruns_its_stage_and_everything_downstream(tmp_path, 
     assert "corrupt (model.pt does not match its checksum" in out, out
 
     lines = []
-    pipeline.run(cfg, results, quiet=True, echo=lines.append)
+    runner.run(cfg, results, quiet=True, echo=lines.append)
     log = "\n".join(lines)
     assert sum("done (cached)" in ln for ln in lines) == 2, log  # dense, prune
     [why_retrain] = [ln for ln in lines if ln.startswith("[03] retrain") and "rerunning" in ln]

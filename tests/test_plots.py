@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from safs.report.plots import curves_plot, plot, search_plot, sparsity_plot
-from safs.report.rows import ROW_COLUMNS
+from safs.records import ROW_COLUMNS
 
 
 def cell_rows(model, method, target, acc, seed=0, dense_acc=0.98):

@@ -29,11 +29,11 @@ stages:
 
 
 def run(text: str, results: Path) -> Path:
-    from safs import pipeline
+    from safs import runner
     from safs.config import parse_pipeline
 
     cfg = parse_pipeline(yaml.safe_load(text))
-    pipeline.run(cfg, results, quiet=True, echo=lambda *_: None)
+    runner.run(cfg, results, quiet=True, echo=lambda *_: None)
     return results / cfg.name
 
 

@@ -193,7 +193,7 @@ def test_converted_network_trains_and_negative_weights_learn():
 @pytest.mark.parametrize("name,options", [("lenet5", {}), ("resnet18", {"safs_shortcut": True})],
                          ids=["lenet5", "resnet18-safs"])
 def test_finalize_and_model_file_round_trip_weights_only(tmp_path, name, options):
-    from safs.stages.common import load_model, save_model
+    from safs.model_file import load_model, save_model
 
     model = build(name, options)
     method = create_method("sas", 0.0)
@@ -235,7 +235,7 @@ def test_finalize_and_model_file_round_trip_weights_only(tmp_path, name, options
 
 
 def test_unconverted_model_files_are_unchanged(tmp_path):
-    from safs.stages.common import load_model, save_model
+    from safs.model_file import load_model, save_model
 
     model = build("lenet5").eval()
     meta = {"name": "lenet5", "activation": "relu", "options": {}, "num_classes": 10, "input_shape": list(SMALL)}
@@ -308,9 +308,9 @@ stages:
 def test_pipeline_dense_sas_search_final_on_digits(tmp_path):
     import pandas as pd
     from conftest import safs_cmd, subprocess_env
-    from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+    from conftest import by_stage, kill_ray_leftovers, records
 
-    from safs.stages.common import load_model
+    from safs.model_file import load_model
 
     (tmp_path / "space.yaml").write_text(SPACE)
     f = tmp_path / "p.yaml"

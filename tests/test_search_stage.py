@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
-from test_pipeline_e2e import by_stage, kill_ray_leftovers, records
+from conftest import by_stage, kill_ray_leftovers, records
 
 EPOCHS = 3  # epochs_per_candidate
 SAMPLES = 8
@@ -77,7 +77,7 @@ def finished_trials(search_dir: Path) -> dict[str, str]:
 def masks_of(path: Path) -> tuple[dict, dict]:
     """Layer name -> (mask, weight) of every masked layer of a model.pt, and the file's blob."""
     from safs.sparsity.masks import MASK, masked_layers
-    from safs.stages.common import load_model
+    from safs.model_file import load_model
 
     model, blob = load_model(path)
     layers = masked_layers(model)

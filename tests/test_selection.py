@@ -141,7 +141,7 @@ def test_the_cli_refuses_a_str_prune_stage_with_exit_2_and_writes_nothing(tmp_pa
 
 def test_select_is_validated_and_hashed(tmp_path):
     from safs.config import ConfigError
-    from safs.pipeline import plan
+    from safs.plan import plan
 
     def text(select: str) -> str:
         return HEAD.format(method="gmp") + f"  - {{name: sparse, kind: train, epochs: 2, sparse: true, select: {select}}}\n"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from safs.report.rows import ROW_COLUMNS
+from safs.records import ROW_COLUMNS
 from safs.report.tables import (display, latex, layers_table, methods_table, paired_delta, render, safs_table,
                                 stages_table, table_for, trials_table, _without_seed)
 

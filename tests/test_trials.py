@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from safs.search.trials import best_candidate, trial_dirs, trials_frame
+from safs.tune.trials import best_candidate, trial_dirs, trials_frame
 
 STAGE = {"epochs_per_candidate": 3}
 

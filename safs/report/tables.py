@@ -352,15 +352,16 @@ def trials_table(paths) -> pd.DataFrame:
 def _variants(run_dir) -> dict[str, str]:
     """Stage directory name -> the matrix cell(s) using it, for a run directory."""
     from safs.config import ConfigError, load_pipelines
-    from safs.pipeline import plan
+    from safs.records import recorded_stages
 
     try:
         cfgs, _ = load_pipelines(run_dir / "pipeline.yaml")
+        cells = [(cfg, recorded_stages(run_dir, cfg)) for cfg in cfgs]
     except (ConfigError, ValueError, OSError):
         return {}
     out: dict[str, str] = {}
-    for cfg in cfgs:
-        for st in plan(cfg, run_dir.parent):
+    for cfg, stages in cells:
+        for st in stages:
             if cfg.variant:
                 out[st.dir.name] = f"{out[st.dir.name]};{cfg.variant}" if st.dir.name in out else cfg.variant
     return out

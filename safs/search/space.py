@@ -40,11 +40,10 @@ def resolve_yaml(name_or_path: str | Path, builtin_dir: Path, what: str, base_di
                      "or the path of a ConfigSpace YAML file")
 
 
-def load_choices(path: str | Path) -> list[str]:
-    """The candidate operators of a space file, validated against the operator registry."""
+def load_choices(path: str | Path, operators: list[str] | None = None) -> list[str]:
+    """The candidate operators of a space file, checked against ``operators`` (the operator
+    registry's names, ``safs.activations.list_operators()``) when given."""
     import ConfigSpace as CS
-
-    from safs.activations import list_operators
 
     try:
         cs = CS.ConfigurationSpace.from_yaml(Path(path))
@@ -54,31 +53,18 @@ def load_choices(path: str | Path) -> list[str]:
     if hp is None or not isinstance(hp, CS.CategoricalHyperparameter):
         raise ValueError(f"{Path(path).name}: needs one categorical hyperparameter named '{PARAMETER}'")
     choices = [str(c) for c in hp.choices]
-    unknown = [c for c in choices if c not in list_operators()]
+    unknown = [c for c in choices if operators is not None and c not in operators]
     if unknown:
         raise ValueError(f"{Path(path).name}: unknown operator(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(list_operators())}")
+                         f"accepted: {', '.join(operators)}")
     return choices
 
 
-def genome_space(model, choices: list[str]) -> GenomeSpace:
-    """One gene per activation slot of ``model``; the baseline is the slots' current operator."""
-    from safs.activations import genome
-
-    current = genome(model)
+def genome_space(current: dict[str, str], choices: list[str]) -> GenomeSpace:
+    """One gene per activation slot of a model (``current``: its genome, slot -> operator,
+    ``safs.activations.genome(model)``); the baseline is the slots' current operator."""
     if not current:
         raise ValueError("the model has no activation slots to search")
     ops = set(current.values())
     return GenomeSpace(slots=tuple(current), choices=tuple(choices),
                        baseline=next(iter(ops)) if len(ops) == 1 else None)
-
-
-def to_configspace(space: GenomeSpace, seed: int | None = None):
-    """The per-model space as a ConfigSpace (one categorical per slot), e.g. to save next to results."""
-    import ConfigSpace as CS
-
-    cs = CS.ConfigurationSpace(seed=seed)
-    for slot in space.slots:
-        default = space.baseline if space.baseline in space.choices else space.choices[0]
-        cs.add(CS.Categorical(slot, list(space.choices), default=default))
-    return cs

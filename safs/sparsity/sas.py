@@ -63,7 +63,7 @@ weights stay dense), no per-step hook, and ``finalize`` returns the model unchan
 converted layers are ``nn.Conv2d`` / ``nn.Linear`` subclasses whose only parameters are the
 standard ``weight`` / ``bias`` (same state-dict keys as the original layers, 2× wide) and
 whose forward prepends the parameter-free split. ``model.pt`` records the conversion
-(:func:`architecture`) and ``safs.stages.common.load_model`` replays it on the freshly built
+(:func:`architecture`) and ``safs.model_file.load_model`` replays it on the freshly built
 model (:func:`rebuild`) before loading the weights.
 
 **Measurement.** The converted layers declare ``activation_density = 0.5`` and a

@@ -8,7 +8,7 @@ accuracy over its epochs (as in the original); ``model.pt`` holds that epoch's w
 
 from __future__ import annotations
 
-from safs.stages import common
+from safs import model_file
 from safs.stages.train import fit_candidate
 
 
@@ -16,7 +16,7 @@ def run_trial(spec: dict, candidate: dict) -> None:
     from safs.activations import apply_genome, set_scales_trainable
 
     st = spec["stage"]
-    model, _ = common.load_model(spec["input"])
+    model, _ = model_file.load_model(spec["input"])
     apply_genome(model, candidate["genome"])
     set_scales_trainable(model, st["scales_trainable"])
     fit_candidate(spec, model, st, st["epochs_per_candidate"], candidate["token"])

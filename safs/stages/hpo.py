@@ -9,18 +9,9 @@ or its ``budget`` under multi-fidelity SMAC. Score: best validation accuracy.
 
 from __future__ import annotations
 
-from safs.stages import common
+from safs import model_file
+from safs.hpo.space import trial_settings
 from safs.stages.train import fit_candidate
-
-
-def trial_settings(st: dict, config: dict) -> dict:
-    """The stage's training settings with the configuration applied."""
-    from safs.config import TrainingSettings
-    from safs.search.hpo_space import load_space, resolve_space, to_training_settings
-
-    cs = load_space(resolve_space(st["space"]), st["space_options"] or None)
-    base = {k: st[k] for k in TrainingSettings.model_fields}
-    return {**st, **to_training_settings(base, config, cs)}
 
 
 def run_trial(spec: dict, candidate: dict) -> None:
@@ -28,7 +19,7 @@ def run_trial(spec: dict, candidate: dict) -> None:
 
     st = spec["stage"]
     config = candidate["config"]
-    model, _ = common.load_model(spec["input"])
+    model, _ = model_file.load_model(spec["input"])
     set_scales_trainable(model, st["scales_trainable"])
     epochs = max(1, round(config["budget"])) if "budget" in config else st["epochs_per_trial"]
     fit_candidate(spec, model, trial_settings(st, config), epochs, candidate["token"])

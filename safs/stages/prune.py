@@ -7,6 +7,7 @@ import time
 
 from ray import tune
 
+from safs import model_file
 from safs.stages import common
 from safs.training.loop import autocast_for, evaluate
 
@@ -22,7 +23,7 @@ def run_trial(spec: dict) -> None:
     st, sp = spec["stage"], spec["sparsity"]
     device = common.trial_device(spec)
     ds = common.dataset(spec, device)
-    model, _ = common.load_model(spec["input"])
+    model, _ = model_file.load_model(spec["input"])
     model = common.prepare_for_device(model, device)
     method = create_method(sp["method"], sp["target"], sp["options"])
     model = method.attach(model)
@@ -35,6 +36,6 @@ def run_trial(spec: dict) -> None:
                "test_acc": test_acc, "sparsity": weight_sparsity(model), "selected_epoch": 0,
                "epoch_s": time.perf_counter() - t0}
     with common.checkpoint_dir() as d:
-        common.save_model(d / "model.pt", model, common.model_meta(spec, ds), sp["method"])
+        model_file.save_model(d / "model.pt", model, model_file.model_meta(spec, ds), sp["method"])
         common.write_history(d, [metrics])
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))

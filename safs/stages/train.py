@@ -14,6 +14,7 @@ import time
 import torch
 from ray import tune
 
+from safs import model_file
 from safs.io import torch_save
 from safs.stages import common
 from safs.training.loop import Diverged, autocast_for, evaluate, train_epoch
@@ -28,9 +29,9 @@ def run_trial(spec: dict) -> None:
     device = common.trial_device(spec)
     ds = common.dataset(spec, device)
     if spec.get("input"):
-        model, _ = common.load_model(spec["input"])
+        model, _ = model_file.load_model(spec["input"])
     else:
-        model = common.new_model(spec, ds)
+        model = model_file.new_model(spec, ds)
     from safs.activations import set_scales_trainable
 
     set_scales_trainable(model, st["scales_trainable"])
@@ -96,7 +97,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     val_batches = Batches(ds, "val", st["eval_batch_size"], train=False)
     test_batches = Batches(ds, "test", st["eval_batch_size"], train=False)
     autocast = lambda: autocast_for(device)  # noqa: E731
-    meta = common.model_meta(spec, ds)
+    meta = model_file.model_meta(spec, ds)
     method_name = spec["sparsity"] and spec["sparsity"]["method"]
     if method is not None:
         method.on_train_start(len(train_batches), epochs, start)
@@ -118,7 +119,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
         _, test_acc = evaluate(final, test_batches.epoch(0), autocast=autocast)
         sparsity = weight_sparsity(final)
         if selector.offer(epoch + 1, val_acc, sparsity):
-            kept = common.model_blob(final, meta, method_name)
+            kept = model_file.model_blob(final, meta, method_name)
         del final
         metrics = {"token": token, "epoch": epoch + 1, "epochs": epochs, "start_epoch": start, "lr": lr,
                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
@@ -200,12 +201,12 @@ def _param_groups(model: torch.nn.Module, st: dict) -> list[dict]:
 
 
 def _optimizer_cfg(st: dict):
-    from safs.config import OptimizerConfig
+    from safs.settings import OptimizerConfig
 
     return OptimizerConfig(**st["optimizer"])
 
 
 def _schedule_cfg(st: dict):
-    from safs.config import ScheduleConfig
+    from safs.settings import ScheduleConfig
 
     return ScheduleConfig(**st["schedule"])

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from safs.config import OptimizerConfig, ScheduleConfig
+from safs.settings import OptimizerConfig, ScheduleConfig
 
 
 class TAdam(torch.optim.Optimizer):

@@ -5,7 +5,7 @@ ConfigSpace's ``to_yaml``; ``#`` comment lines may precede it). Every hyperparam
 what it sets:
 
 ``target`` (required)
-    The dotted path of a training setting: a field of :class:`safs.config.TrainingSettings`
+    The dotted path of a training setting: a field of :class:`safs.settings.TrainingSettings`
     (``batch_size``, ``label_smoothing``, ...) or of its ``optimizer`` / ``schedule`` blocks
     (``optimizer.lr``, ``schedule.name``, ...). Several hyperparameters may share a target when
     conditions make at most one of them active (``lr_SGD``, ``lr_Adam``, ... in ``safs.yaml``).
@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+
+from safs.settings import TrainingSettings
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "hpo"
 
@@ -82,8 +84,6 @@ def resolve_space(name_or_path: str | Path, base_dir: Path | None = None) -> Pat
 
 def paper_settings(key: str) -> dict:
     """The full TrainingSettings dump of a :data:`PAPER_DEFAULTS` entry (``"lenet5/mnist"``)."""
-    from safs.config import TrainingSettings
-
     if key not in PAPER_DEFAULTS:
         raise ValueError(f"unknown model/dataset '{key}'; accepted: {', '.join(PAPER_DEFAULTS)}")
     return TrainingSettings.model_validate(_merge(TrainingSettings().model_dump(), PAPER_DEFAULTS[key])).model_dump()
@@ -95,8 +95,6 @@ def paper_settings(key: str) -> dict:
 def _fields() -> dict[str, Any]:
     """Dotted training-setting path -> pydantic FieldInfo, for every leaf setting."""
     from pydantic import BaseModel
-
-    from safs.config import TrainingSettings
 
     out: dict[str, Any] = {}
     for name, info in TrainingSettings.model_fields.items():
@@ -294,8 +292,6 @@ def to_training_settings(settings: Mapping[str, Any], config: Mapping[str, Any],
     import ConfigSpace as CS
     from pydantic import ValidationError
 
-    from safs.config import TrainingSettings
-
     if cs is None:
         cs = getattr(config, "config_space", None)
         if cs is None:
@@ -394,3 +390,10 @@ def _merge(base: dict, override: Mapping) -> dict:
     for k, v in override.items():
         out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
+
+
+def trial_settings(st: dict, config: dict) -> dict:
+    """The stage's training settings with the configuration applied."""
+    cs = load_space(resolve_space(st["space"]), st["space_options"] or None)
+    base = {k: st[k] for k in TrainingSettings.model_fields}
+    return {**st, **to_training_settings(base, config, cs)}

@@ -1,182 +1,21 @@
-"""Stage graph, stage hashing, run directories, skip/resume and status.
-
-A stage's directory is ``<results>/<pipeline>/<NN>-<stage>-<hash>/``. The hash covers the
-stage's own settings (normalised, defaults included) and the hash of the stage before it, so
-changing one stage re-runs it and everything after it, and nothing before it. Cosmetic
-fields (stage name, table label, data location, resources) are not part of the hash.
-"""
+"""The run loop: skip done stages, continue interrupted ones, set damaged ones aside, and
+complete each stage by writing its ``model.pt`` and, last and atomically, its ``stage.json``."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+import platform
+import time
 from pathlib import Path
-from typing import Any
 
-from safs.config import ActivationSearchStage, HpoStage, PipelineConfig, PruneStage, TrainStage
-from safs.io import read_json
+import yaml
 
-# 2: a train stage's model.pt is its selected epoch (was: its last), every trial is seeded.
-HASH_VERSION = 2
-RECORD = "stage.json"
-MODEL = "model.pt"
-
-DEFAULT_LABELS = {"dense": "Dense", "prune": "Pruned", "retrain": "Magnitude Pruning", "final": "Final",
-                  "search": "Stage 1 search", "hpo": "Stage 2 search"}
-TRIALS = "trials.parquet"
-SEARCH_STATE = "search_state.json"  # the searcher's JSON state, rewritten on every change
-SEARCH_KINDS = ("activation_search", "hpo")  # stages whose trials a searcher proposes
-# Settings that change neither a stage's result nor its meaning: left out of its hash.
-_UNHASHED = {"name", "label", "space", "max_concurrent", "input", "settings_from"}
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    index: int
-    name: str
-    kind: str
-    label: str
-    hash: str
-    dir: Path
-    spec: dict[str, Any] = field(repr=False)  # everything a trial needs; JSON-serialisable
-    input_index: int | None = None  # the stage whose model.pt this stage starts from
-
-    @property
-    def record_path(self) -> Path:
-        return self.dir / RECORD
-
-    @property
-    def model_path(self) -> Path:
-        return self.dir / MODEL
-
-    @property
-    def epochs(self) -> int:
-        st = self.spec["stage"]
-        return st.get("epochs") or st.get("epochs_per_candidate") or st.get("epochs_per_trial") or 0
-
-
-def _digest(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
-    """Resolve every stage to its settings, hash and directory (no I/O)."""
-    run_dir = Path(results_root) / cfg.name
-    context = {  # what the first stage's output depends on besides its own settings
-        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"}),
-        "model": cfg.model.model_dump(mode="json"),
-        "seed": cfg.seed,
-    }
-    index = {st.name: i for i, st in enumerate(cfg.stages)}
-    after_prune: list[bool] = []  # whether a prune stage lies on each stage's input chain
-    last_prune: int | None = None
-    plans: list[StagePlan] = []
-    for i, st in enumerate(cfg.stages):
-        settings = st.model_dump(mode="json", exclude={"name", "label"})
-        input_index = index[st.input] if st.input is not None else (i - 1 if i > 0 else None)
-        if isinstance(st, ActivationSearchStage) and st.start_from == "pruned":
-            input_index = last_prune
-        pruned = input_index is not None and after_prune[input_index]
-        if isinstance(st, PruneStage):
-            settings["target"] = cfg.prune_target(st)
-            uses_method = pruned = True
-            last_prune = i
-        elif isinstance(st, ActivationSearchStage):
-            from safs.search.space import load_choices, resolve_space
-
-            settings["choices"] = load_choices(resolve_space(st.space))
-            uses_method = pruned
-        elif isinstance(st, HpoStage):
-            from safs.search.hpo_space import load_space, resolve_space as resolve_hpo_space
-
-            cs = load_space(resolve_hpo_space(st.space), st.space_options or None)
-            settings["space_digest"] = _digest(cs.to_serialized_dict())
-            uses_method = pruned
-        else:
-            assert isinstance(st, TrainStage)
-            uses_method = st.sparse if st.sparse is not None else pruned
-            pruned = pruned or bool(st.sparse)  # a method trained from scratch keeps going after it
-        after_prune.append(pruned)
-        sparsity = cfg.sparsity.model_dump(mode="json") if uses_method and cfg.sparsity else None
-        hashed = {k: v for k, v in settings.items() if k not in _UNHASHED}
-        upstream = plans[input_index].hash if input_index is not None else context
-        payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
-        if getattr(st, "settings_from", None):
-            payload["settings_from"] = plans[index[st.settings_from]].hash
-        h = _digest(payload)
-        label = st.label or DEFAULT_LABELS.get(st.name, st.name)
-        spec = {
-            "pipeline": cfg.name,
-            "variant": cfg.variant,
-            "index": i,
-            "name": st.name,
-            "kind": st.kind,
-            "label": label,
-            "hash": h,
-            "seed": cfg.seed,
-            "stage": settings,
-            "sparsity": sparsity,
-            "data": cfg.data.model_dump(mode="json"),
-            "model": cfg.model.model_dump(mode="json"),
-            "resources": cfg.resources.model_dump(mode="json"),
-        }
-        plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec,
-                               input_index))
-    return plans
-
-
-def read_record(stage: StagePlan) -> dict | None:
-    return read_json(stage.record_path)
-
-
-def is_done(stage: StagePlan) -> bool:
-    rec = read_record(stage)
-    return bool(rec) and rec.get("status") == "done" and rec.get("hash") == stage.hash and stage.model_path.is_file()
-
-
-def epochs_completed(stage: StagePlan) -> int:
-    """Epochs a (possibly interrupted) stage has reported, from its Tune trial logs."""
-    from safs.search.trials import result_lines, trial_dirs
-
-    return max((int(x.get("epoch", 0)) for d in trial_dirs(stage.dir) for x in result_lines(d / "result.json")),
-               default=0)
-
-
-def damage(stage: StagePlan) -> str | None:
-    """Why a finished stage's ``model.pt`` cannot be trusted (``None`` when it can): its
-    SHA-256 must match the one ``stage.json`` recorded when the stage finished."""
-    from safs.io import sha256
-
-    expected = (read_record(stage) or {}).get("model_sha256")
-    if not stage.model_path.is_file():
-        return f"{MODEL} is missing"
-    actual = sha256(stage.model_path)
-    if expected and actual != expected:
-        return (f"{MODEL} does not match its checksum in {RECORD} (sha256 {actual[:12]}, recorded "
-                f"{expected[:12]}): truncated or corrupt")
-    return None
-
-
-def stage_status(stage: StagePlan) -> str:
-    if is_done(stage):
-        why = damage(stage)
-        return f"corrupt ({why}; the next run reruns it)" if why else "done"
-    if not stage.dir.exists():
-        return "pending"
-    rec = read_record(stage) or {}
-    if rec.get("status") == "failed":
-        return f"failed ({rec.get('error', 'see stage.json')})"
-    if stage.kind == "train":
-        return f"partial (epoch {epochs_completed(stage)} of {stage.epochs})"
-    if stage.kind in SEARCH_KINDS:
-        told = len(((read_json(stage.dir / SEARCH_STATE) or {}).get("told") or {}))
-        return f"partial ({told} candidates finished)"
-    return "partial"
-
-
-# --------------------------------------------------------------------------- running
+from safs.tune import experiment
+from safs.config import PipelineConfig
+from safs.errors import StageFailed, StageInterrupted
+from safs.io import copy_file, exclusive, read_json, sha256, write_json, write_parquet, write_text
+from safs.plan import MODEL, RECORD, TRIALS, StagePlan, plan
+from safs.records import damage, is_done, make_row, read_record, write_cell
 
 def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, num_cpus: float | None = None,
         quiet: bool = False, verbose: bool = False, echo=print, stored: dict | None = None,
@@ -187,16 +26,12 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
 
     ``rerun``: names of stage directories (re)trained so far, shared by the matrix cells of
     one ``safs run``; this run adds its own."""
-    import yaml
-
-    from safs import orchestrator
-    from safs.io import exclusive, write_text
-
     plans = plan(cfg, results_root)
     run_dir = Path(results_root) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "pipeline.yaml", yaml.safe_dump(stored or cfg.model_dump(mode="json"), sort_keys=False))
-    orchestrator.forward_sigterm()
+    write_cell(run_dir, cfg.variant, plans)
+    experiment.forward_sigterm()
     rerun = set() if rerun is None else rerun
     for st in plans:
         tag = f"[{st.index + 1:02d}] {st.name:<12}"
@@ -204,18 +39,13 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
         # stage, the others wait for it and then find it done.
         with exclusive(run_dir / f".{st.hash}.lock", wait=True,
                        on_wait=lambda: echo(f"{tag} waiting: another process is running this stage")):
-            _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: orchestrator.ensure_ray(address, num_cpus, verbose),
+            _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: experiment.ensure_ray(address, num_cpus, verbose),
                        quiet, echo)
     return plans
 
 
 def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_dir: Path, rerun: set[str], tag: str,
                ray_up, quiet: bool, echo) -> None:
-    import time
-
-    from safs import orchestrator
-    from safs.io import write_json
-
     if is_done(st):
         why = _stale(st, plans, rerun)
         if why is None:
@@ -236,15 +66,15 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
     record["attempts"] = int(previous_record.get("attempts", 0)) + 1
     write_json(st.record_path, record)
     try:
-        if st.kind in SEARCH_KINDS:
+        if st.is_search:
             rec = _run_search(st, spec, record, quiet)
         else:
-            result, wall = orchestrator.run_single_trial_stage(st, spec, quiet=quiet)
+            result, wall = experiment.run_single_trial_stage(st, spec, quiet=quiet)
             rec = _complete(st, spec, record, Path(result.checkpoint.path), result.metrics.get("trial_id", ""), wall)
-    except orchestrator.StageFailed as e:
+    except StageFailed as e:
         write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
         raise
-    except orchestrator.StageInterrupted as e:
+    except StageInterrupted as e:
         write_json(st.record_path, {**record, "status": "interrupted", "error": str(e)})
         raise
     echo(f"{tag} done in {rec['wall_s']:.1f}s  {_summary(rec)}")
@@ -275,8 +105,6 @@ def _stale(st: StagePlan, plans: list[StagePlan], rerun: set[str]) -> str | None
 def _set_aside(st: StagePlan, run_dir: Path) -> Path:
     """Move a stage directory that must rerun out of the way, keeping it (results are never
     deleted): ``<run>/.replaced/<stage dir>-<time>``."""
-    import time
-
     dest = run_dir / ".replaced" / f"{st.dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(exist_ok=True)
     n = 1
@@ -291,21 +119,17 @@ def _with_incumbent(settings: dict, hpo: StagePlan) -> dict:
     """A train stage's settings with the training configuration an hpo stage found."""
     incumbent = ((read_record(hpo) or {}).get("search") or {}).get("incumbent_settings")
     if incumbent is None:
-        from safs.orchestrator import StageFailed
-
         raise StageFailed(f"stage '{hpo.name}' has no incumbent configuration (is it done?)")
-    from safs.config import TrainingSettings
+    from safs.settings import TrainingSettings
 
     return {**settings, **{k: incumbent[k] for k in TrainingSettings.model_fields}}
 
 
 def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     """Run the search, write ``trials.parquet``, keep the best candidate as the stage's model."""
-    from safs import orchestrator
-    from safs.io import write_parquet
-    from safs.search.trials import best_candidate, trials_frame
+    from safs.tune.trials import best_candidate, trials_frame
 
-    state, wall = orchestrator.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
+    state, wall = experiment.run_search_stage(st, spec, lambda: _optimizer(spec), quiet=quiet)
     stage = spec["stage"]
     # Only the candidates the optimizer was told about: a rerun candidate's earlier, stopped
     # trial is merged into its row.
@@ -313,7 +137,7 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     write_parquet(st.dir / TRIALS, trials)
     best = best_candidate(trials, st.dir)
     if best is None:
-        raise orchestrator.StageFailed(f"stage '{st.name}' failed: no candidate finished "
+        raise StageFailed(f"stage '{st.name}' failed: no candidate finished "
                                        f"({len(trials)} tried; see {st.dir / TRIALS})")
     row, checkpoint = best
     search = {"algorithm": stage.get("algorithm") or stage.get("backend"), "candidates": len(trials),
@@ -322,7 +146,7 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     if row["genome"] is not None:
         search["best_genome"] = json.loads(row["genome"])
     else:
-        from safs.stages.hpo import trial_settings
+        from safs.hpo.space import trial_settings
 
         search["incumbent"] = json.loads(row["config"])
         search["incumbent_settings"] = trial_settings(stage, search["incumbent"])
@@ -335,14 +159,17 @@ def _optimizer(spec: dict):
     seed = spec["seed"] if st.get("seed") is None else st["seed"]
     if spec["kind"] == "activation_search":
         from safs.search import create_optimizer
+        from safs.activations import genome
+        from safs.model_file import load_model
         from safs.search.space import genome_space
-        from safs.stages.common import load_model
 
         model, _ = load_model(spec["input"])
-        return create_optimizer(st["algorithm"], genome_space(model, st["choices"]), seed=seed, options=st["options"])
-    from safs.config import TrainingSettings, backend_options_for
-    from safs.search.hpo_backends import create_backend
-    from safs.search.hpo_space import load_space, resolve_space, with_defaults
+        return create_optimizer(st["algorithm"], genome_space(genome(model), st["choices"]), seed=seed,
+                                options=st["options"])
+    from safs.config import backend_options_for
+    from safs.settings import TrainingSettings
+    from safs.hpo.backends import create_backend
+    from safs.hpo.space import load_space, resolve_space, with_defaults
 
     cs = with_defaults(load_space(resolve_space(st["space"]), st["space_options"] or None),
                        {k: st[k] for k in TrainingSettings.model_fields})
@@ -352,16 +179,11 @@ def _optimizer(spec: dict):
 def _complete(st: StagePlan, spec: dict, record: dict, checkpoint: Path, trial_id: str, wall: float) -> dict:
     """Copy the stage's model out of the ``checkpoint`` directory and write ``stage.json``
     (last, atomically)."""
-    import platform
-    import time
-
     import ray
     import torch
 
     import safs
-    from safs.io import copy_file, sha256, write_json
-    from safs.report.rows import make_row
-    from safs.stages.common import load_model
+    from safs.model_file import load_model
     from safs.training.measure import measure
 
     copy_file(checkpoint / MODEL, st.model_path)

@@ -1,19 +1,18 @@
-"""``safs submit`` and ``safs jobs``: run a pipeline as a Ray Job on a cluster, and follow, stop and
-list such jobs.
+"""Ray Jobs: run a pipeline as a Ray Job on a cluster, and follow, stop and list such jobs (the
+library behind ``safs submit`` and ``safs jobs``).
 
 A submitted job runs ``python -m safs.cli run pipeline.yaml --address auto`` on the cluster, with the
 submitter's safs code and the pipeline shipped in the job's ``working_dir``. Stopping a job
 checkpoints it (see :data:`STOP_ENV`); submitting the same pipeline with the same results directory
 again continues where it stopped, exactly like ``safs run`` after Ctrl+C.
 
-The library functions below take plain values and raise :class:`JobsError` (or the Ray client's own
-exceptions, which :func:`explain` turns into one line); the click commands at the end only parse
-options and print. Ray is imported inside functions: ``safs --help`` must stay fast.
+The functions take plain values and raise :class:`JobsError` (or the Ray client's own exceptions,
+which :func:`explain` turns into one line); the click commands in ``safs.cli`` only parse options
+and print. Ray is imported inside functions: ``safs --help`` must stay fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
@@ -23,12 +22,10 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
-import click
-
-from safs.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from safs.errors import EXIT_BAD_INPUT, EXIT_FAILED
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable Ray's own `ray job` CLI reads
@@ -170,9 +167,9 @@ def package_dir() -> Path:
 
 
 def builtin_space_dirs() -> list[Path]:
-    from safs.search import hpo_space, space
+    from safs.plan import SEARCH_KINDS, space_module
 
-    return [space.SPACES_DIR, hpo_space.SPACES_DIR]
+    return [space_module(kind).SPACES_DIR for kind in SEARCH_KINDS]
 
 
 def stage_project(dest: Path) -> None:
@@ -202,9 +199,9 @@ class _SpaceShipper:
         self.copied: dict[Path, str] = {}
 
     def __call__(self, kind: str, value: Any) -> Any:
-        from safs.search import hpo_space, space
+        from safs.plan import space_module
 
-        module = space if kind == "activation_search" else hpo_space
+        module = space_module(kind)
         if not isinstance(value, str) or value in module.list_spaces():
             return value
         src = module.resolve_space(value, self.base)  # validated by _load already
@@ -224,7 +221,7 @@ def stage_pipeline(path: Path, dest: Path) -> dict:
     Returns the written mapping."""
     import yaml
 
-    from safs.pipeline import SEARCH_KINDS
+    from safs.plan import SEARCH_KINDS
 
     raw = yaml.safe_load(path.read_text())
     ship = _SpaceShipper(dest, path.parent)
@@ -252,7 +249,7 @@ def stage_pipeline(path: Path, dest: Path) -> dict:
 def _matrix_space_kind(raw: dict, key: str) -> str | None:
     """The stage kind whose ``space`` a matrix key sets (``stages.NAME.space``,
     ``defaults.KIND.space``), else None."""
-    from safs.pipeline import SEARCH_KINDS
+    from safs.plan import SEARCH_KINDS
 
     parts = str(key).split(".")
     if len(parts) != 3 or parts[2] != "space":
@@ -367,7 +364,7 @@ def follow_logs(client, job_id: str, write: Callable[[str], None]) -> None:
     asyncio.run(tail())
 
 
-def _time(ms: int | None) -> str:
+def format_time(ms: int | None) -> str:
     if not ms:
         return "-"
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -384,162 +381,7 @@ def describe(info) -> list[tuple[str, str]]:
         rows.append(("pipeline", meta["safs_pipeline"]))
     if "safs_results" in meta:
         rows.append(("results", str(Path(meta["safs_results"]) / meta.get("safs_pipeline", ""))))
-    rows += [("started", _time(info.start_time)), ("ended", _time(info.end_time))]
+    rows += [("started", format_time(info.start_time)), ("ended", format_time(info.end_time))]
     if info.driver_exit_code is not None:
         rows.append(("exit code", str(info.driver_exit_code)))
     return rows
-
-
-# ----------------------------------------------------------------------------------- commands
-
-
-@contextlib.contextmanager
-def _cli_errors(address: str, job_id: str | None = None) -> Iterator[None]:
-    """Every failure of a command as ``error: <one line>`` and its exit code."""
-    from safs.cli import _fail
-
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # noqa: BLE001
-        message, code = explain(e, address, job_id)
-        _fail(message, code)
-
-
-def _address_option(f):
-    return click.option("--address", default=None, metavar="URL",
-                        help=f"The Ray dashboard's URL (Jobs API). Default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS}.")(f)
-
-
-def _client(address: str | None):
-    address = address or default_address()
-    with _cli_errors(address):
-        return check_address(address), connect(address)
-
-
-@click.command()
-@click.argument("pipeline", type=click.Path(path_type=Path))
-@_address_option
-@click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
-              help="Results root, made absolute here; the run goes to RESULTS/<pipeline name>/. On a remote "
-                   "cluster it must be a path the cluster can write (e.g. shared storage).")
-@click.option("--python", "python", default=sys.executable, metavar="PATH", show_default="this interpreter",
-              help="Absolute path of the Python that runs safs on the cluster (Ray Jobs run with the "
-                   "cluster's PATH, not this virtualenv). The default fits a cluster that shares this "
-                   "environment; on a remote cluster pass the cluster's interpreter.")
-@click.option("--submission-id", default=None, help="Job id; default safs-<pipeline name>-<UTC time>.")
-@click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it SUCCEEDED.")
-def submit(pipeline: Path, address: str | None, results: Path, python: str, submission_id: str | None,
-           wait: bool):
-    """Run PIPELINE.yaml as a Ray Job on the cluster at --address.
-
-    The pipeline is validated here first, exactly as `safs run` does. The job ships this safs code and
-    the pipeline (with search-space files) and runs `safs run --address auto` on the cluster. `safs jobs
-    stop` checkpoints it; submitting the same pipeline with the same --results continues it. Data
-    directories (data.data_dir) must be paths the cluster can read."""
-    from safs.cli import _fail, _load
-
-    cfgs, _ = _load(pipeline)  # bad input exits 2 here, before anything is sent
-    name = cfgs[0].name
-    results = absolute_results(results)
-    address, client = _client(address)  # a malformed address exits 2 too, before connecting
-    with _cli_errors(address):
-        sid = submit_pipeline(client, pipeline, name, results, python, submission_id)
-    hint = f"--address {address}"
-    click.echo(f"safs: submitted job {sid} (pipeline '{name}') to {address}")
-    click.echo(f"safs: results -> {results / name} (on the cluster)")
-    click.echo(f"safs: follow:  safs jobs logs {sid} {hint} --follow")
-    click.echo(f"safs: status:  safs jobs status {sid} {hint}")
-    click.echo(f"safs: stop:    safs jobs stop {sid} {hint}   (checkpoints; submit again to continue)")
-    if not wait:
-        return
-    try:
-        with _cli_errors(address, sid):
-            status = wait_for(client, sid, on_change=lambda s: click.echo(f"safs: job {sid}: {s}"))
-    except KeyboardInterrupt:
-        _fail(f"stopped waiting; job {sid} keeps running (safs jobs stop {sid} {hint})", EXIT_INTERRUPTED)
-    if status == "STOPPED":
-        _fail(f"job {sid} was stopped; submit the same pipeline again to continue", EXIT_INTERRUPTED)
-    if status != "SUCCEEDED":
-        with _cli_errors(address, sid):
-            tail = client.get_job_logs(sid).rstrip().splitlines()[-15:]
-        click.echo("\n".join(tail))
-        _fail(f"job {sid} {status}; see: safs jobs logs {sid} {hint}", EXIT_FAILED)
-    click.echo(f"safs: done. Table: safs table {results / name}")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def jobs():
-    """Follow, stop and list pipelines submitted with `safs submit`.
-
-    Clusters started with token authentication need RAY_AUTH_MODE=token and the cluster's token
-    (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) on this machine."""
-
-
-@jobs.command("status")
-@click.argument("job_id")
-@_address_option
-def status_cmd(job_id: str, address: str | None):
-    """Status, pipeline, results directory and times of JOB_ID."""
-    address, client = _client(address)
-    with _cli_errors(address, job_id):
-        info = client.get_job_info(job_id)
-    for key, value in describe(info):
-        click.echo(f"{key + ':':<10} {value}")
-
-
-@jobs.command("logs")
-@click.argument("job_id")
-@_address_option
-@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
-def logs_cmd(job_id: str, address: str | None, follow: bool):
-    """The driver log of JOB_ID (what `safs run` prints on the cluster)."""
-    address, client = _client(address)
-    with _cli_errors(address, job_id):
-        if not follow:
-            click.echo(client.get_job_logs(job_id), nl=False)
-            return
-        client.get_job_info(job_id)  # an unknown id fails here with a clear message
-        try:
-            follow_logs(client, job_id, lambda chunk: click.echo(chunk, nl=False))
-        except KeyboardInterrupt:
-            sys.exit(EXIT_INTERRUPTED)
-
-
-@jobs.command("stop")
-@click.argument("job_id")
-@_address_option
-@click.option("--wait", is_flag=True, help="Block until the job has stopped.")
-def stop_cmd(job_id: str, address: str | None, wait: bool):
-    """Stop JOB_ID at a checkpoint; submitting it again continues it.
-
-    The job gets SIGINT, so Tune saves its state and safs records the stage (it has 60 s before Ray
-    kills it), then it ends STOPPED. Submit the same pipeline with the same --results to continue."""
-    address, client = _client(address)
-    with _cli_errors(address, job_id):
-        stopping = client.stop_job(job_id)
-        if not stopping:
-            click.echo(f"safs: job {job_id} is not running ({status_of(client, job_id)})")
-            return
-        click.echo(f"safs: stopping job {job_id}")
-        if wait:
-            click.echo(f"safs: job {job_id}: {wait_for(client, job_id, poll_s=1.0)}")
-
-
-@jobs.command("list")
-@_address_option
-def list_cmd(address: str | None):
-    """Submitted jobs, oldest first: id, status, pipeline, start time."""
-    address, client = _client(address)
-    with _cli_errors(address):
-        found = [j for j in client.list_jobs() if j.submission_id]
-    found.sort(key=lambda j: j.start_time or 0)
-    if not found:
-        click.echo(f"no jobs at {address}")
-        return
-    width = max(len(j.submission_id) for j in found)
-    for j in found:
-        status = status_name(j.status)
-        pipeline = (j.metadata or {}).get("safs_pipeline", "-")
-        click.echo(f"{j.submission_id:<{width}}  {status:<9}  {pipeline:<20}  {_time(j.start_time)}")

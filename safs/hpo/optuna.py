@@ -31,7 +31,7 @@ import warnings
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
-from safs.search.hpo_backends import finite_score, plain, space_digest
+from safs.hpo.backends import finite_score, plain, space_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace

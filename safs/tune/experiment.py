@@ -17,7 +17,8 @@ import signal
 import time
 from pathlib import Path
 
-from safs.pipeline import SEARCH_STATE, StagePlan
+from safs.errors import StageFailed, StageInterrupted
+from safs.plan import SEARCH_STATE, StagePlan
 
 log = logging.getLogger("safs")
 
@@ -30,14 +31,6 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Frequent snapshots are intended (see above); don't warn about them.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-class StageFailed(RuntimeError):
-    pass
-
-
-class StageInterrupted(RuntimeError):
-    pass
 
 
 def ensure_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> None:
@@ -72,7 +65,7 @@ def forward_sigterm() -> None:
 def _progress_callback(stage: StagePlan, quiet: bool):
     from ray import tune
 
-    search = stage.kind == "activation_search"
+    search = stage.is_search  # candidates of a search stage (activation search, HPO), else epochs
 
     class Progress(tune.Callback):
         """A tqdm bar per stage: epochs of a training stage, candidates of a search stage."""
@@ -123,14 +116,14 @@ def _run_config(stage: StagePlan, spec: dict, quiet: bool, attempt: str):
         name=attempt,
         storage_path=str(stage.dir.resolve() / "tune"),  # Tune takes URIs: a relative path has no scheme
         verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if stage.kind == "activation_search" else 2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if stage.is_search else 2),
         failure_config=tune.FailureConfig(max_failures=spec["resources"]["max_failures"]),
         callbacks=[_progress_callback(stage, quiet)],
     )
 
 
 def _next_attempt(stage: StagePlan) -> str:
-    from safs.search.trials import attempt_dirs
+    from safs.tune.trials import attempt_dirs
 
     done = attempt_dirs(stage.dir)
     return f"attempt-{int(done[-1].name.rsplit('-', 1)[-1]) + 1 if done else 1}"
@@ -150,7 +143,7 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
     earlier attempts; return (Result, wall seconds)."""
     from ray import tune
 
-    from safs.search.trials import trial_dirs
+    from safs.tune.trials import trial_dirs
 
     earlier = [str(d) for d in reversed(trial_dirs(stage.dir))]  # newest first
     tuner = tune.Tuner(
@@ -174,13 +167,13 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
 
 def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool = False) -> tuple[dict, float]:
     """Run a search stage: a Tune experiment whose trials an ask/tell optimizer
-    (``make_optimizer()``) proposes through :class:`safs.search.bridge.AskTellSearcher`.
+    (``make_optimizer()``) proposes through :class:`safs.tune.searcher.AskTellSearcher`.
     A stopped search continues from its JSON state. Returns (final searcher state, wall seconds)."""
     from ray import tune
 
     from safs.io import read_json
-    from safs.search.bridge import AskTellSearcher
-    from safs.search.trials import trial_dirs
+    from safs.tune.searcher import AskTellSearcher
+    from safs.tune.trials import trial_dirs
 
     st = spec["stage"]
     state_path = stage.dir / SEARCH_STATE

@@ -38,7 +38,7 @@ SMAC 2.4.1 traps this module works around (see the orchestration notes, §2):
   as many leaves as observations, so the trees are identical) and ``n_jobs=1``: ~5 ms.
 
 The first trial is the space's default configuration (the stage's own settings, see
-``hpo_space.with_defaults``), with either facade. SMAC 2.4.1 only adds the default when the
+``safs.hpo.space.with_defaults``), with either facade. SMAC 2.4.1 only adds the default when the
 scenario asks for it (``use_default_config``, off by default) and then appends it *after* the
 initial design; the design is reordered so it comes first (see ``_default_first``). Under
 ``multi_fidelity`` the default's first trial runs at the lowest budget, like every
@@ -69,7 +69,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safs.search.hpo_backends import finite_score, plain, space_digest
+from safs.hpo.backends import finite_score, plain, space_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace

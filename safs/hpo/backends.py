@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 BACKENDS: dict[str, str] = {
-    "smac": "safs.search.smac_backend:SMACOptimizer",
-    "optuna": "safs.search.optuna_backend:OptunaOptimizer",
+    "smac": "safs.hpo.smac:SMACOptimizer",
+    "optuna": "safs.hpo.optuna:OptunaOptimizer",
 }
 
 _NOT_OPTIONS = ("self", "configspace", "seed")

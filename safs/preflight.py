@@ -1,0 +1,85 @@
+"""A pipeline file made runnable: relative paths resolved against the file, search spaces
+resolved and loaded, the budget resolved, the dataset and the model (with its sparse method)
+checked once on the CPU. Everything here fails with a one-line :class:`ConfigError` before
+anything is written or any Ray process starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safs.budget import resolve_budget
+from safs.config import ConfigError, load_pipelines
+from safs.plan import space_module
+
+
+def load(path: Path):
+    """Validate a pipeline file completely (schema, data files, model options) before anything
+    runs; return its pipelines (several with a ``matrix:``) and the matrix."""
+    cfgs, matrix = load_pipelines(path)
+    return [preflight(cfg, path) for cfg in cfgs], matrix
+
+
+def preflight(cfg, path: Path):
+    data = cfg.data
+    if data.data_dir is not None:
+        # Relative data directories are relative to the pipeline file, not the shell.
+        d = Path(data.data_dir).expanduser()
+        d = d if d.is_absolute() else (path.parent / d)
+        cfg = cfg.model_copy(update={"data": data.model_copy(update={"data_dir": str(d.resolve())})})
+    cfg = resolve_spaces(cfg, path)
+    cfg = resolve_budget(cfg, path)
+    from safs.data import DataError, check_dataset
+
+    try:
+        check_dataset(cfg.data.name, cfg.data.data_dir)
+    except DataError as e:
+        raise ConfigError(f"{path.name}: {e}") from None
+    try:
+        check_model(cfg)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path.name}: {str(e).strip(chr(34) + chr(39))}") from None
+    return cfg
+
+
+def resolve_spaces(cfg, path: Path):
+    """Search-space files named by path are relative to the pipeline file; each must load."""
+    stages = list(cfg.stages)
+    for i, st in enumerate(stages):
+        module = space_module(st.kind)
+        if module is None:
+            continue
+        try:
+            resolved = module.resolve_space(st.space, path.parent)
+            if st.kind == "hpo":
+                module.load_space(resolved, st.space_options or None)
+            else:
+                from safs.activations import list_operators
+
+                module.load_choices(resolved, list_operators())
+        except ValueError as e:
+            raise ConfigError(f"{path.name}: stages[{i}].space: {e}") from None
+        if st.space not in module.list_spaces():
+            stages[i] = st.model_copy(update={"space": str(resolved)})
+    return cfg.model_copy(update={"stages": stages})
+
+
+def check_model(cfg) -> None:
+    """Build the model and the sparse method once on the CPU, so bad options fail before Ray starts."""
+    from safs.data import dataset_shape
+    from safs.models import create_model
+    from safs.sparsity import create_method
+
+    num_classes, shape = dataset_shape(cfg.data.name)
+    try:
+        model = create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
+    except TypeError as e:
+        raise ValueError(f"model.options: {e}") from None
+    if cfg.sparsity is not None:
+        method = create_method(cfg.sparsity.method, cfg.sparsity.target, cfg.sparsity.options)
+        # Attached once to the real architecture, so options that name layers (exclude,
+        # layer_targets) and the models SAS converts fail here, before Ray starts.
+        try:
+            method.attach(model)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith("sparsity.") else f"sparsity.method: {msg}") from None
