@@ -231,6 +231,28 @@ def list_(what: str):
 
 
 @main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("experiments"))
+@click.option("--force", is_flag=True, help="Overwrite files that exist already.")
+def examples(directory: Path, force: bool):
+    """Copy the example pipelines (the quickstart, the paper's pipelines, the method
+    comparisons) into DIRECTORY (default: ./experiments)."""
+    from safs.resources import data_dir
+
+    src = data_dir("experiments")
+    files = sorted(p.relative_to(src) for p in src.rglob("*.yaml"))
+    clash = [f for f in files if (directory / f).exists()]
+    if clash and not force:
+        _fail(f"{directory / clash[0]} exists ({len(clash)} of {len(files)} files do); "
+              "use --force to overwrite, or another directory")
+    import shutil
+
+    for f in files:
+        (directory / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / f, directory / f)
+    click.echo(f"safs: {len(files)} pipelines -> {directory}; try: safs run {directory / 'quickstart.yaml'}")
+
+
+@main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv", "parquet"]), default="markdown",
               show_default=True,

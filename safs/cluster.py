@@ -175,9 +175,9 @@ def builtin_space_dirs() -> list[Path]:
 def stage_project(dest: Path) -> None:
     """Copy the safs package and its built-in search spaces into ``dest``, keeping their layout.
 
-    The built-in spaces are looked up relative to the package (``<root>/search_spaces``, beside
-    ``safs/``), so shipping the package alone (``py_modules``) would lose every built-in space name
-    on the cluster. As the job's ``working_dir`` is both its cwd and first on its PYTHONPATH, this
+    In a source checkout the built-in spaces are the repository's ``<root>/search_spaces``, beside
+    ``safs/`` (``safs.resources``), so shipping the package alone (``py_modules``) would lose every
+    built-in space name on the cluster; an installed safs holds them inside the package. As the job's ``working_dir`` is both its cwd and first on its PYTHONPATH, this
     copy is what the driver and every trial import."""
     pkg = package_dir()
     root = pkg.parent

@@ -36,9 +36,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+from safs.resources import data_dir
 from safs.settings import TrainingSettings
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "hpo"
+SPACES_DIR = data_dir("spaces") / "hpo"  # search_spaces/hpo (package data when installed)
 
 META_KEYS = ("target", "implies")
 OPTIONS = {

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safs.resources import data_dir
 from safs.search.base import GenomeSpace
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces" / "activations"
+SPACES_DIR = data_dir("spaces") / "activations"  # search_spaces/activations (package data when installed)
 PARAMETER = "operator"
 
 
