@@ -19,15 +19,24 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
     sys.exit(code)
 
 
-def _load(path: Path):
-    """The pipelines of a file, made runnable (``safs.preflight``); bad input exits 2 here."""
+def _load(path: Path, overrides=()):
+    """The pipelines of a file, with its ``KEY=VALUE`` overrides, made runnable
+    (``safs.preflight``); bad input exits 2 here."""
     from safs.config import ConfigError
     from safs.preflight import load
 
     try:
-        return load(path)
+        return load(path, overrides)
     except ConfigError as e:
         _fail(str(e))
+
+
+def _overrides_argument(f):
+    return click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(f)
+
+
+OVERRIDES_HELP = ("KEY=VALUE overrides set fields before validation, with the dotted paths of matrix: "
+                  "(stages by name; VALUE is YAML): stages.dense.epochs=5 seed=1 sparsity.target=0.95.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,11 +45,13 @@ def main():
     """safs: activation-function and hyperparameter search for sparse neural networks."""
 
 
-@main.command()
+@main.command(epilog=OVERRIDES_HELP)
 @click.argument("pipeline", type=click.Path(path_type=Path))
+@_overrides_argument
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root; the run goes to RESULTS/<pipeline name>/.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved stages, their hashes and directories; run nothing.")
+@click.option("--print-config", is_flag=True, help="Print the resolved pipeline (YAML, as the run stores it); run nothing.")
 @click.option("--address", default=None, help="Ray cluster address (auto, ray://host:port); default: a local Ray.")
 @click.option("--num-cpus", type=float, default=None, help="CPUs for a local Ray (default: all).")
 @click.option("--cell", "cells", type=int, multiple=True,
@@ -49,14 +60,22 @@ def main():
               help="Matrix cells run at once (default: as many as the cluster's CPUs/GPUs fit, given resources).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--verbose", is_flag=True, help="Show Ray and trial logs.")
-def run(pipeline: Path, results: Path, dry_run: bool, address, num_cpus, cells, parallel, quiet, verbose):
+def run(pipeline: Path, overrides, results: Path, dry_run: bool, print_config: bool, address, num_cpus, cells,
+        parallel, quiet, verbose):
     """Run PIPELINE.yaml: skip done stages, resume interrupted ones, run the rest."""
-    cfgs, matrix = _load(pipeline)
-    _run(pipeline, cfgs, matrix, results, dry_run, address, num_cpus, quiet, verbose, cells, parallel)
+    cfgs, matrix = _load(pipeline, overrides)
+    if print_config:
+        import yaml
+
+        from safs.preflight import resolved
+
+        click.echo(yaml.safe_dump(resolved(cfgs, matrix), sort_keys=False), nl=False)
+        return
+    _run(pipeline, cfgs, matrix, results, dry_run, address, num_cpus, quiet, verbose, cells, parallel, overrides)
 
 
 def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cpus, quiet, verbose, cells=(),
-         parallel=None):
+         parallel=None, overrides=()):
     import logging
     from contextlib import nullcontext
 
@@ -66,7 +85,9 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
     name = cfgs[0].name
     stored = None
     if matrix:  # the run directory keeps the matrix, so `safs resume` re-expands the same cells
-        stored = {**cfgs[0].model_dump(mode="json", exclude={"variant"}), "matrix": matrix}
+        from safs.preflight import resolved
+
+        stored = resolved(cfgs, matrix)
     for c in cells:
         if not 0 <= c < len(cfgs):
             _fail(f"--cell: {c} is not a cell of '{name}'; accepted: 0..{len(cfgs) - 1}")
@@ -91,7 +112,7 @@ def _run(path: Path, cfgs, matrix, results: Path, dry_run: bool, address, num_cp
         with exclusive(results / name / ".lock") if not cells else nullcontext():
             width = _parallel_cells(cfgs, parallel, address, num_cpus, verbose) if len(selected) > 1 else 1
             if width > 1:
-                _sweep(path, selected, results, width, address, num_cpus, quiet, verbose)
+                _sweep(path, selected, results, width, address, num_cpus, quiet, verbose, overrides)
             else:
                 for i, cfg in selected:
                     if cfg.variant and not cells:
@@ -124,7 +145,8 @@ def _parallel_cells(cfgs, parallel, address, num_cpus, verbose) -> int:
     return min(parallel, len(cfgs))
 
 
-def _sweep(path: Path, selected, results: Path, width: int, address, num_cpus, quiet: bool, verbose: bool) -> None:
+def _sweep(path: Path, selected, results: Path, width: int, address, num_cpus, quiet: bool, verbose: bool,
+           overrides=()) -> None:
     """The cells, ``width`` at a time, each in a child process on this driver's Ray."""
     import ray
 
@@ -134,7 +156,8 @@ def _sweep(path: Path, selected, results: Path, width: int, address, num_cpus, q
     ensure_ray(address, num_cpus, verbose)
     join = address or ray.get_runtime_context().gcs_address  # the local Ray this process started
     click.echo(f"safs: running {len(selected)} cells, {width} at a time")
-    codes = run_cells({cfg.variant: child_command(path, results, join, i, quiet, verbose) for i, cfg in selected},
+    codes = run_cells({cfg.variant: child_command(path, results, join, i, quiet, verbose, overrides)
+                       for i, cfg in selected},
                       width, click.echo)
     failed = sorted(v for v, c in codes.items() if c not in (0, EXIT_INTERRUPTED))
     stopped = sorted(v for v, c in codes.items() if c == EXIT_INTERRUPTED)
@@ -162,23 +185,26 @@ def resume(run_dir: Path, quiet, verbose, address, num_cpus):
     _run(stored, cfgs, matrix, run_dir.parent, False, address, num_cpus, quiet, verbose)
 
 
-@main.command()
+@main.command(epilog=OVERRIDES_HELP)
 @click.argument("target", type=click.Path(path_type=Path))
+@_overrides_argument
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def status(target: Path, results: Path):
+def status(target: Path, overrides, results: Path):
     """Show each stage of a run (RUN_DIR) or pipeline (PIPELINE.yaml): done / partial / pending.
 
     A run directory shows the stages as they ran (their records); a pipeline file, the stages
-    it would run now."""
+    it would run now (with its overrides)."""
     from safs.config import ConfigError, load_pipelines
     from safs.plan import plan
     from safs.records import is_done, recorded_stages, stage_status
 
+    if overrides and target.is_dir():
+        _fail(f"{overrides[0]}: overrides apply to a pipeline file, not to a run directory")
     try:
         if target.is_dir():
             (cfgs, _), root = load_pipelines(target / "pipeline.yaml"), target.parent
         else:
-            (cfgs, _), root = load_pipelines(target), results
+            (cfgs, _), root = load_pipelines(target, overrides), results
         cells = [recorded_stages(target, cfg) if target.is_dir() else plan(cfg, root) for cfg in cfgs]
     except (ConfigError, ValueError) as e:
         _fail(str(e))
@@ -341,8 +367,9 @@ def _client(address: str | None):
         return cluster.check_address(address), cluster.connect(address)
 
 
-@main.command()
+@main.command(epilog=OVERRIDES_HELP)
 @click.argument("pipeline", type=click.Path(path_type=Path))
+@_overrides_argument
 @_address_option
 @click.option("--results", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results root, made absolute here; the run goes to RESULTS/<pipeline name>/. On a remote "
@@ -353,7 +380,7 @@ def _client(address: str | None):
                    "environment; on a remote cluster pass the cluster's interpreter.")
 @click.option("--submission-id", default=None, help="Job id; default safs-<pipeline name>-<UTC time>.")
 @click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it SUCCEEDED.")
-def submit(pipeline: Path, address: str | None, results: Path, python: str, submission_id: str | None,
+def submit(pipeline: Path, overrides, address: str | None, results: Path, python: str, submission_id: str | None,
            wait: bool):
     """Run PIPELINE.yaml as a Ray Job on the cluster at --address.
 
@@ -361,12 +388,12 @@ def submit(pipeline: Path, address: str | None, results: Path, python: str, subm
     the pipeline (with search-space files) and runs `safs run --address auto` on the cluster. `safs jobs
     stop` checkpoints it; submitting the same pipeline with the same --results continues it. Data
     directories (data.data_dir) must be paths the cluster can read."""
-    cfgs, _ = _load(pipeline)  # bad input exits 2 here, before anything is sent
+    cfgs, _ = _load(pipeline, overrides)  # bad input exits 2 here, before anything is sent
     name = cfgs[0].name
     results = cluster.absolute_results(results)
     address, client = _client(address)  # a malformed address exits 2 too, before connecting
     with _cli_errors(address):
-        sid = cluster.submit_pipeline(client, pipeline, name, results, python, submission_id)
+        sid = cluster.submit_pipeline(client, pipeline, name, results, python, submission_id, overrides)
     hint = f"--address {address}"
     click.echo(f"safs: submitted job {sid} (pipeline '{name}') to {address}")
     click.echo(f"safs: results -> {results / name} (on the cluster)")

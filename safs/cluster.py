@@ -213,8 +213,9 @@ class _SpaceShipper:
         return self.copied[src]
 
 
-def stage_pipeline(path: Path, dest: Path) -> dict:
-    """Write the pipeline as the user wrote it (``matrix:`` and ``defaults:`` included) to
+def stage_pipeline(path: Path, dest: Path, overrides=()) -> dict:
+    """Write the pipeline as the user wrote it (``matrix:`` and ``defaults:`` included, and its
+    ``KEY=VALUE`` overrides applied) to
     ``dest/pipeline.yaml``, with what depends on the pipeline's location made portable: search
     spaces given as paths are copied beside it and referenced relatively, and a relative
     ``data.data_dir`` becomes absolute (relative to the pipeline file, as ``safs run`` reads it).
@@ -224,6 +225,10 @@ def stage_pipeline(path: Path, dest: Path) -> dict:
     from safs.plan import SEARCH_KINDS
 
     raw = yaml.safe_load(path.read_text())
+    if overrides:
+        from safs.config import apply_overrides
+
+        raw = apply_overrides(raw, overrides, path.name)
     ship = _SpaceShipper(dest, path.parent)
     for st in raw.get("stages") or []:
         if isinstance(st, dict) and st.get("kind") in SEARCH_KINDS and "space" in st:
@@ -331,9 +336,10 @@ def active_runs(client, name: str, results: Path) -> list[tuple[str, str]]:
 
 
 def submit_pipeline(client, pipeline: Path, name: str, results: Path, python: str,
-                    submission_id: str | None = None) -> str:
-    """Stage the project and the pipeline, submit, return the submission id. The staging dir is
-    only needed until ``submit_job`` has zipped and uploaded it."""
+                    submission_id: str | None = None, overrides=()) -> str:
+    """Stage the project and the pipeline (with its ``KEY=VALUE`` overrides applied), submit,
+    return the submission id. The staging dir is only needed until ``submit_job`` has zipped and
+    uploaded it."""
     import tempfile
 
     busy = active_runs(client, name, results)
@@ -344,7 +350,7 @@ def submit_pipeline(client, pipeline: Path, name: str, results: Path, python: st
     with tempfile.TemporaryDirectory(prefix="safs-submit-") as tmp:
         staging = Path(tmp)
         stage_project(staging)
-        stage_pipeline(pipeline, staging)
+        stage_pipeline(pipeline, staging, overrides)
         return client.submit_job(
             entrypoint=entrypoint(python, results),
             runtime_env=runtime_env(staging),

@@ -348,19 +348,25 @@ def _read_yaml(path: Path) -> Any:
     return raw
 
 
-def load_pipelines(path: str | Path) -> tuple[list[PipelineConfig], dict | None]:
+def load_pipelines(path: str | Path, overrides: typing.Sequence[str] = ()) -> tuple[list[PipelineConfig], dict | None]:
     """Read a pipeline file that may hold a ``matrix:``; return its pipelines (one per matrix
-    cell, else one) and the matrix."""
+    cell, else one) and the matrix. ``overrides`` (``KEY=VALUE``) apply first (``parse_pipelines``)."""
     path = Path(path)
     raw = _read_yaml(path)
-    return parse_pipelines(raw, source=path.name)
+    return parse_pipelines(raw, source=path.name, overrides=overrides)
 
 
-def parse_pipelines(raw: Any, source: str = "pipeline") -> tuple[list[PipelineConfig], dict | None]:
+def parse_pipelines(raw: Any, source: str = "pipeline",
+                    overrides: typing.Sequence[str] = ()) -> tuple[list[PipelineConfig], dict | None]:
     """``matrix: {dotted.path: [values...]}`` expands one file into the product of its values.
     Paths address the file's keys (``sparsity.method``, ``seed``, ``model.name``) and stages
     by name (``stages.search.algorithm``). All cells share one run directory, so stages with
-    equal settings (e.g. the dense stage of every method) are trained once."""
+    equal settings (e.g. the dense stage of every method) are trained once.
+
+    ``overrides``: ``KEY=VALUE`` strings with the same paths (``apply_overrides``), applied
+    before anything is validated; an error they cause names the override."""
+    if overrides:
+        return _parse_with_overrides(raw, source, list(overrides))
     if not isinstance(raw, dict) or "matrix" not in raw:
         return [parse_pipeline(raw, source)], None
     raw = copy.deepcopy(raw)
@@ -392,7 +398,8 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _set_path(raw: dict, key: str, value: Any, source: str) -> None:
+def _set_path(raw: dict, key: str, value: Any, source: str, label: str | None = None) -> None:
+    label = label or f"matrix.{key}"  # what an error names
     node: Any = raw
     parts = str(key).split(".")
     for part in parts[:-1]:
@@ -400,15 +407,90 @@ def _set_path(raw: dict, key: str, value: Any, source: str) -> None:
             match = [st for st in node if isinstance(st, dict) and st.get("name") == part]
             if not match:
                 names = ", ".join(str(st.get("name")) for st in node if isinstance(st, dict))
-                raise ConfigError(f"{source}: matrix.{key}: no stage named '{part}'; accepted: {names}")
+                raise ConfigError(f"{source}: {label}: no stage named '{part}'; accepted: {names}")
             node = match[0]
         else:
             if not isinstance(node.get(part), (dict, list)):
                 node[part] = {}
             node = node[part]
     if isinstance(node, list):
-        raise ConfigError(f"{source}: matrix.{key}: a path into stages needs a stage name and a field")
+        raise ConfigError(f"{source}: {label}: a path into stages needs a stage name and a field")
     node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- overrides
+
+_OVERRIDE_KEY = re.compile(r"[^.\s=]+(\.[^.\s=]+)*")
+
+
+def parse_override(text: str, source: str = "pipeline") -> tuple[str, Any]:
+    """``KEY=VALUE``: a dotted path as in ``matrix:`` and a YAML scalar (or flow collection)."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not _OVERRIDE_KEY.fullmatch(key):
+        raise ConfigError(f"{source}: override '{text}': expected KEY=VALUE with a dotted path as in matrix:, "
+                          "e.g. stages.dense.epochs=5, seed=1, sparsity.target=0.95")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: {text}: the value is not valid YAML ({problem})") from None
+
+
+def apply_overrides(raw: Any, overrides: typing.Sequence[str], source: str = "pipeline") -> dict:
+    """A copy of the mapping ``raw`` with each ``KEY=VALUE`` set, in order. Paths are those of
+    ``matrix:`` (stages by name: ``stages.retrain.epochs=5``); ``matrix.PATH=[...]`` sets a
+    matrix axis, and a key the matrix sweeps narrows that axis to the one value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: overrides need a mapping; got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        key, value = parse_override(text, source)
+        matrix = raw.get("matrix")
+        if key.startswith("matrix."):
+            raw["matrix"] = dict(matrix) if isinstance(matrix, dict) else {}
+            raw["matrix"][key.removeprefix("matrix.")] = value
+        elif isinstance(matrix, dict) and key in matrix:
+            raw["matrix"] = {**matrix, key: [value]}
+        else:
+            _set_path(raw, key, value, source, label=text)
+    return raw
+
+
+def _parse_with_overrides(raw: Any, source: str, overrides: list[str]):
+    for text in overrides:  # each is well-formed (an error here names it already)
+        parse_override(text, source)
+    try:
+        return parse_pipelines(apply_overrides(raw, overrides, source), source)
+    except ConfigError:
+        parse_pipelines(raw, source)  # the file's own error, if it has one, is reported as such
+        for n in range(1, len(overrides) + 1):  # else: the first override that breaks it
+            try:
+                parse_pipelines(apply_overrides(raw, overrides[:n], source), source)
+            except ConfigError as e:
+                raise ConfigError(_name_override(str(e), source, overrides[n - 1], raw)) from None
+        raise
+
+
+def _name_override(message: str, source: str, text: str, raw: dict) -> str:
+    """``src: stages[2].epochz: unknown key`` -> ``src: stages.retrain.epochz=3: unknown key``."""
+    detail = message.removeprefix(f"{source}: ")
+    if detail.startswith(f"{text}: "):
+        return message  # the override is named already (e.g. an unknown stage)
+    at = _located(raw, text.partition("=")[0])
+    rest = detail[len(at) + 2:] if detail.startswith(f"{at}: ") else detail
+    return f"{source}: {text}: {rest}"
+
+
+def _located(raw: dict, key: str) -> str:
+    """A dotted path as validation errors spell it: stages by index (``stages[2].epochs``)."""
+    head, _, tail = key.partition(".")
+    stages = raw.get("stages")
+    if head == "stages" and tail and isinstance(stages, list):
+        name, _, rest = tail.partition(".")
+        names = [st.get("name") if isinstance(st, dict) else None for st in stages]
+        if name in names:
+            return f"stages[{names.index(name)}]" + (f".{rest}" if rest else "")
+    return key
 
 
 def parse_pipeline(raw: Any, source: str = "pipeline") -> PipelineConfig:

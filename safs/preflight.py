@@ -5,18 +5,34 @@ anything is written or any Ray process starts."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from safs.budget import resolve_budget
-from safs.config import ConfigError, load_pipelines
+from safs.config import ConfigError, load_pipelines, parse_pipelines
 from safs.plan import space_module
 
 
-def load(path: Path):
+def load(path: Path | Mapping, overrides: Sequence[str] = ()):
     """Validate a pipeline file completely (schema, data files, model options) before anything
-    runs; return its pipelines (several with a ``matrix:``) and the matrix."""
-    cfgs, matrix = load_pipelines(path)
-    return [preflight(cfg, path) for cfg in cfgs], matrix
+    runs, after its ``KEY=VALUE`` overrides; return its pipelines (several with a ``matrix:``)
+    and the matrix. ``path`` may also be the pipeline's mapping itself: its relative paths are
+    then relative to the working directory."""
+    if isinstance(path, Mapping):
+        cfgs, matrix = parse_pipelines(dict(path), "pipeline", overrides)
+        path = Path.cwd() / "pipeline"  # what relative paths resolve against, and errors name
+    else:
+        cfgs, matrix = load_pipelines(path, overrides)
+    return [preflight(cfg, Path(path)) for cfg in cfgs], matrix
+
+
+def resolved(cfgs, matrix: dict | None) -> dict:
+    """The validated pipeline as a run directory stores it (``pipeline.yaml``, for ``safs
+    resume``): one pipeline's settings, defaults filled in; with a matrix, the first cell's
+    settings and the matrix that re-expands every cell."""
+    if matrix:
+        return {**cfgs[0].model_dump(mode="json", exclude={"variant"}), "matrix": matrix}
+    return cfgs[0].model_dump(mode="json")
 
 
 def preflight(cfg, path: Path):

@@ -29,9 +29,10 @@ def auto_parallel(resources: dict, cluster: dict, cells: int) -> int:
     return max(1, min(cells, fits))
 
 
-def child_command(pipeline: Path, results: Path, address: str, cell: int, quiet: bool, verbose: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "safs.cli", "run", str(pipeline), "--results", str(results), "--address", address,
-           "--cell", str(cell)]
+def child_command(pipeline: Path, results: Path, address: str, cell: int, quiet: bool, verbose: bool,
+                  overrides=()) -> list[str]:
+    cmd = [sys.executable, "-m", "safs.cli", "run", str(pipeline), *overrides, "--results", str(results),
+           "--address", address, "--cell", str(cell)]
     return cmd + (["--quiet"] if quiet else []) + (["--verbose"] if verbose else [])
 
 
