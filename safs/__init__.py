@@ -2,6 +2,9 @@
 
 Importing ``safs`` is cheap: torch, Ray and SMAC load only when a command needs them.
 
+``safs.run(pipeline, results, overrides)`` runs a pipeline (a file or a mapping) as ``safs run``
+does and returns its results rows.
+
 What a reader of the results needs, for re-deriving any row from the saved files:
 
 * ``safs.load_results(*paths)``: every results row, a pandas DataFrame;
@@ -10,6 +13,57 @@ What a reader of the results needs, for re-deriving any row from the saved files
 """
 
 __version__ = "0.1.0"
+
+
+def run(pipeline, results=None, overrides=(), dry_run=False, *, address=None, num_cpus=None, quiet=False,
+        verbose=False, echo=print):
+    """Run ``pipeline`` as ``safs run PIPELINE [KEY=VALUE...]`` does and return its results rows
+    (``load_results`` of the run directory: every cell of a ``matrix:``, done stages only).
+
+    ``pipeline``: a pipeline file, or its mapping (relative paths in it are relative to the
+    working directory). ``results``: the results root (default ``results``); the run goes to
+    ``results/<name>/``. ``overrides``: ``KEY=VALUE`` strings, as on the command line. It is
+    validated exactly as the command validates it (``safs.preflight``) and raises
+    ``safs.config.ConfigError`` on bad input, before anything is written or Ray starts. Done
+    stages are skipped and interrupted ones continue; matrix cells run one after another.
+    A failed stage raises ``safs.errors.StageFailed``, a stopped one ``StageInterrupted``.
+
+    It joins the Ray of this process, or of ``address``, or starts a local one (loopback only,
+    ``num_cpus``), which stays up for the next call (``ray.shutdown()`` ends it).
+    ``dry_run=True`` runs nothing and returns the plan instead: one row per stage of each cell
+    (pipeline, cell, variant, stage_index, stage, kind, hash, dir, status)."""
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from safs.preflight import load, resolved
+
+    overrides = (overrides,) if isinstance(overrides, str) else tuple(overrides)
+    source = pipeline if isinstance(pipeline, Mapping) else Path(pipeline)
+    cfgs, matrix = load(source, overrides)
+    results = Path("results" if results is None else results)
+    if dry_run:
+        import pandas as pd
+
+        from safs.plan import plan
+        from safs.records import stage_status
+
+        return pd.DataFrame([
+            {"pipeline": cfg.name, "cell": i, "variant": cfg.variant, "stage_index": st.index, "stage": st.name,
+             "kind": st.kind, "hash": st.hash, "dir": str(st.dir), "status": stage_status(st)}
+            for i, cfg in enumerate(cfgs) for st in plan(cfg, results)])
+    from safs.io import exclusive
+    from safs.runner import run as run_pipeline
+
+    name = cfgs[0].name
+    stored = resolved(cfgs, matrix) if matrix else None
+    rerun: set[str] = set()  # shared by the cells, as in `safs run`
+    with exclusive(results / name / ".lock"):
+        for i, cfg in enumerate(cfgs):
+            if cfg.variant:
+                echo(f"safs: [cell {i}: {cfg.variant}]")
+            run_pipeline(cfg, results, address=address, num_cpus=num_cpus, quiet=quiet, verbose=verbose, echo=echo,
+                         stored=stored, rerun=rerun)
+    return load_results(results / name)
 
 
 def load_results(*paths):
