@@ -79,7 +79,9 @@ def test_sweep_runs_every_cell_training_shared_stages_once(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="safs-ray-")
     env = subprocess_env(RAY_TMPDIR=ray_tmp)
     try:
-        p = subprocess.run(safs_cmd() + ["run", str(f), "--results", str(tmp_path / "r"), "--quiet", "--num-cpus", "2"],
+        # An override reaches every cell's child process.
+        p = subprocess.run(safs_cmd() + ["run", str(f), "stages.retrain.epochs=2", "--results", str(tmp_path / "r"),
+                                         "--quiet", "--num-cpus", "2"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800)
     finally:
         kill_ray_leftovers(ray_tmp)
@@ -93,6 +95,8 @@ def test_sweep_runs_every_cell_training_shared_stages_once(tmp_path):
         assert [d.name for d in (dense / "tune").iterdir()] == ["attempt-1"]
     assert len(list(run_dir.glob("01-dense-*/stage.json"))) == 2
     assert len(list(run_dir.glob("03-retrain-*/stage.json"))) == 4
+    for retrain in run_dir.glob("03-retrain-*"):
+        assert len(json.loads((retrain / "stage.json").read_text())["history"]) == 2
     df = safs.load_results(run_dir)
     assert len(df) == 12 and df["variant"].nunique() == 4  # every cell has its three rows, shared ones too
     from safs.report.tables import stages_table

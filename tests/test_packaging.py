@@ -103,6 +103,9 @@ def test_wheel_installs_a_complete_safs(tmp_path):
     plan = run(safs, "run", "quickstart.yaml", "--dry-run")
     assert [line.split()[1] for line in plan.splitlines()] == ["dense", "prune", "retrain", "search", "stage1"]
     assert "[pending]" in plan
+    changed = run(safs, "run", "quickstart.yaml", "stages.retrain.epochs=3", "--dry-run")
+    assert [ln.split()[3] for ln in changed.splitlines()][:2] == [ln.split()[3] for ln in plan.splitlines()][:2]
+    assert not (work / "results").exists()
     assert "modern" in run(str(python), "-c", "from safs.hpo.space import list_spaces; print(list_spaces())")
 
 
