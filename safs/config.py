@@ -31,6 +31,8 @@ class DataConfig(_Strict):
     split_seed: int = 0
     val_fraction: float | None = Field(default=None, gt=0, lt=1)
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
+    # [H, W] (or one int) of the image-tree datasets (imagefolder, imagenet); None: their default.
+    image_size: list[int] | int | None = None
 
     @field_validator("name")
     @classmethod
@@ -40,6 +42,23 @@ class DataConfig(_Strict):
         if v not in list_datasets():
             raise ValueError(f"unknown dataset '{v}'; accepted: {', '.join(list_datasets())}")
         return v
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, v: Any, info) -> list[int] | None:
+        if v is None:
+            return None
+        from safs.data import sized_datasets
+        from safs.data.imagefolder import check_image_size
+
+        name = info.data.get("name")
+        if name is not None and name not in sized_datasets():
+            raise ValueError(f"dataset '{name}' has a fixed image size; image_size is only for "
+                             f"{', '.join(sized_datasets())}")
+        try:
+            return list(check_image_size(name or "imagefolder", v))
+        except ValueError as e:  # DataError: its message names the field already
+            raise ValueError(str(e).removeprefix("data.image_size: ")) from None
 
 
 class ModelConfig(_Strict):

@@ -91,7 +91,8 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     space files (nothing else) and writes nothing."""
     run_dir = Path(results_root) / cfg.name
     context = {  # what the first stage's output depends on besides its own settings
-        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"}),
+        # image_size only where it is set, so the hashes of datasets without one stay as they were
+        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"} | ({"image_size"} if cfg.data.image_size is None else set())),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.seed,
     }

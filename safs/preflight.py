@@ -31,7 +31,7 @@ def preflight(cfg, path: Path):
     from safs.data import DataError, check_dataset
 
     try:
-        check_dataset(cfg.data.name, cfg.data.data_dir)
+        check_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.image_size)
     except DataError as e:
         raise ConfigError(f"{path.name}: {e}") from None
     try:
@@ -69,7 +69,7 @@ def check_model(cfg) -> None:
     from safs.models import create_model
     from safs.sparsity import create_method
 
-    num_classes, shape = dataset_shape(cfg.data.name)
+    num_classes, shape = dataset_shape(cfg.data.name, cfg.data.data_dir, cfg.data.image_size)
     try:
         model = create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
     except TypeError as e:
