@@ -109,6 +109,28 @@ class ResourcesConfig(_Strict):
     max_failures: int = Field(default=1, ge=0)
 
 
+class MlflowTracking(_Strict):
+    """Every trial of every stage as an MLflow run (Ray Tune's ``MLflowLoggerCallback``)."""
+
+    tracking_uri: str | None = None  # None: MLflow's own default (MLFLOW_TRACKING_URI, ...)
+    experiment: str | None = None  # None: the pipeline's name
+
+    @model_validator(mode="after")
+    def _installed(self) -> "MlflowTracking":
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ValueError("needs the mlflow package, which is not installed: pip install 'safs[mlflow]'")
+        return self
+
+
+class TrackingConfig(_Strict):
+    """Where else results go besides the run directory; never hashed (it changes no result).
+    Ray Tune's TensorBoard event files are always written (``tune/attempt-N/trial_*/``)."""
+
+    mlflow: MlflowTracking | None = None
+
+
 class TrainStage(TrainingSettings):
     kind: Literal["train"]
     name: str
@@ -232,6 +254,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig
     sparsity: SparsityConfig | None = None
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     stages: list[Stage] = Field(min_length=1)
 
     @field_validator("name")

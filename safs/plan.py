@@ -148,6 +148,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             "data": cfg.data.model_dump(mode="json"),
             "model": cfg.model.model_dump(mode="json"),
             "resources": cfg.resources.model_dump(mode="json"),
+            "tracking": cfg.tracking.model_dump(mode="json"),  # not hashed: it changes no result
         }
         plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec,
                                input_index))
