@@ -89,11 +89,12 @@ def load_model(path):
     return model.eval()
 
 
-def load_dataset(name, data_dir=None, *, seed=0, val_fraction=None, test_fraction=None):
+def load_dataset(name, data_dir=None, *, seed=0, val_fraction=None, test_fraction=None, image_size=None):
     """The dataset ``name`` with the splits a pipeline with ``data: {name, data_dir,
-    split_seed: seed, val_fraction, test_fraction}`` trains, selects and tests on (on the
-    CPU). ``split(name)`` gives a split's raw ``x`` and ``y``; model input is
+    split_seed: seed, val_fraction, test_fraction, image_size}`` trains, selects and tests on
+    (on the CPU). ``split(name)`` gives a split's raw ``x`` and ``y``; model input is
     ``(x.float() * scale - mean) / std`` (``safs.data.normalise``)."""
     from safs.data import load_dataset as _load
 
-    return _load(name, data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    return _load(name, data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                 image_size=image_size)

@@ -31,6 +31,8 @@ class DataConfig(_Strict):
     split_seed: int = 0
     val_fraction: float | None = Field(default=None, gt=0, lt=1)
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
+    # [H, W] (or one int) of the image-tree datasets (imagefolder, imagenet); None: their default.
+    image_size: list[int] | int | None = None
 
     @field_validator("name")
     @classmethod
@@ -40,6 +42,23 @@ class DataConfig(_Strict):
         if v not in list_datasets():
             raise ValueError(f"unknown dataset '{v}'; accepted: {', '.join(list_datasets())}")
         return v
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, v: Any, info) -> list[int] | None:
+        if v is None:
+            return None
+        from safs.data import sized_datasets
+        from safs.data.imagefolder import check_image_size
+
+        name = info.data.get("name")
+        if name is not None and name not in sized_datasets():
+            raise ValueError(f"dataset '{name}' has a fixed image size; image_size is only for "
+                             f"{', '.join(sized_datasets())}")
+        try:
+            return list(check_image_size(name or "imagefolder", v))
+        except ValueError as e:  # DataError: its message names the field already
+            raise ValueError(str(e).removeprefix("data.image_size: ")) from None
 
 
 class ModelConfig(_Strict):
@@ -88,6 +107,28 @@ class ResourcesConfig(_Strict):
     gpus_per_trial: float = Field(default=0.0, ge=0)
     max_concurrent_trials: int = Field(default=1, ge=1)
     max_failures: int = Field(default=1, ge=0)
+
+
+class MlflowTracking(_Strict):
+    """Every trial of every stage as an MLflow run (Ray Tune's ``MLflowLoggerCallback``)."""
+
+    tracking_uri: str | None = None  # None: MLflow's own default (MLFLOW_TRACKING_URI, ...)
+    experiment: str | None = None  # None: the pipeline's name
+
+    @model_validator(mode="after")
+    def _installed(self) -> "MlflowTracking":
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ValueError("needs the mlflow package, which is not installed: pip install 'safs[mlflow]'")
+        return self
+
+
+class TrackingConfig(_Strict):
+    """Where else results go besides the run directory; never hashed (it changes no result).
+    Ray Tune's TensorBoard event files are always written (``tune/attempt-N/trial_*/``)."""
+
+    mlflow: MlflowTracking | None = None
 
 
 class TrainStage(TrainingSettings):
@@ -213,6 +254,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig
     sparsity: SparsityConfig | None = None
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     stages: list[Stage] = Field(min_length=1)
 
     @field_validator("name")

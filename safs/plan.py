@@ -91,7 +91,8 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     space files (nothing else) and writes nothing."""
     run_dir = Path(results_root) / cfg.name
     context = {  # what the first stage's output depends on besides its own settings
-        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"}),
+        # image_size only where it is set, so the hashes of datasets without one stay as they were
+        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"} | ({"image_size"} if cfg.data.image_size is None else set())),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.seed,
     }
@@ -147,6 +148,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             "data": cfg.data.model_dump(mode="json"),
             "model": cfg.model.model_dump(mode="json"),
             "resources": cfg.resources.model_dump(mode="json"),
+            "tracking": cfg.tracking.model_dump(mode="json"),  # not hashed: it changes no result
         }
         plans.append(StagePlan(i, st.name, st.kind, label, h, run_dir / f"{i + 1:02d}-{st.name}-{h}", spec,
                                input_index))

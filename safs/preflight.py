@@ -42,19 +42,60 @@ def preflight(cfg, path: Path):
         d = Path(data.data_dir).expanduser()
         d = d if d.is_absolute() else (path.parent / d)
         cfg = cfg.model_copy(update={"data": data.model_copy(update={"data_dir": str(d.resolve())})})
+    cfg = resolve_tracking(cfg, path)
     cfg = resolve_spaces(cfg, path)
     cfg = resolve_budget(cfg, path)
     from safs.data import DataError, check_dataset
 
     try:
-        check_dataset(cfg.data.name, cfg.data.data_dir)
+        check_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.image_size)
     except DataError as e:
+        raise ConfigError(f"{path.name}: {e}") from None
+    try:
+        check_tracking(cfg)
+    except ValueError as e:
         raise ConfigError(f"{path.name}: {e}") from None
     try:
         check_model(cfg)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{path.name}: {str(e).strip(chr(34) + chr(39))}") from None
     return cfg
+
+
+def resolve_tracking(cfg, path: Path):
+    """A local MLflow store (a path, or a ``file:`` URI) given relative is relative to the
+    pipeline file, like ``data.data_dir``; it becomes an absolute ``file://`` URI."""
+    mlflow = cfg.tracking.mlflow
+    if mlflow is None or mlflow.tracking_uri is None:
+        return cfg
+    from urllib.parse import urlparse
+
+    uri = mlflow.tracking_uri
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc:
+        return cfg
+    local = Path(parsed.path).expanduser()
+    local = local if local.is_absolute() else path.parent / local
+    tracking = cfg.tracking.model_copy(update={"mlflow": mlflow.model_copy(update={"tracking_uri": local.resolve().as_uri()})})
+    return cfg.model_copy(update={"tracking": tracking})
+
+
+def check_tracking(cfg) -> None:
+    """Open the MLflow tracking store once, so a store MLflow refuses (a server that is not
+    there, a ``file:`` store without ``MLFLOW_ALLOW_FILE_STORE=true`` in MLflow 3) fails here
+    with one line instead of in the middle of the first stage."""
+    mlflow = cfg.tracking.mlflow
+    if mlflow is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=mlflow.tracking_uri).search_experiments(max_results=1)
+    except Exception as e:  # any failure to reach the store is the user's to fix
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        where = mlflow.tracking_uri or "MLflow's default store"
+        raise ValueError(f"tracking.mlflow.tracking_uri: cannot open {where}: "
+                         f"{lines[0] if lines else type(e).__name__}") from None
 
 
 def resolve_spaces(cfg, path: Path):
@@ -85,7 +126,7 @@ def check_model(cfg) -> None:
     from safs.models import create_model
     from safs.sparsity import create_method
 
-    num_classes, shape = dataset_shape(cfg.data.name)
+    num_classes, shape = dataset_shape(cfg.data.name, cfg.data.data_dir, cfg.data.image_size)
     try:
         model = create_model(cfg.model.name, num_classes, shape, cfg.model.activation, **cfg.model.options)
     except TypeError as e:

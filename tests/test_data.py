@@ -111,7 +111,7 @@ def toy_dataset(n: int = 50, dtype=torch.float32, c: int = 1, h: int = 4, w: int
 
 
 def test_registry_is_light_and_lists_names():
-    assert list_datasets() == sorted(["cifar10", "digits", "imagenet16", "mnist", "mnist5k"])
+    assert list_datasets() == sorted(["cifar10", "digits", "imagefolder", "imagenet", "imagenet16", "mnist", "mnist5k"])
     for name in list_datasets():
         assert dataset_info(name).startswith(f"{name}: ")
     code = (

@@ -167,6 +167,18 @@ def test_sigkill_during_hpo_resumes_without_repeating_finished_trials(tmp_path, 
     assert len(tokens) - trials <= 1  # max_concurrent_trials 1: at most one was running
     rec = json.loads((stage[0] / "stage.json").read_text())
     assert rec["attempts"] == 2 and rec["status"] == "done"
+    journal = stage[0] / "optuna_journal.log"
+    if backend == "optuna":  # the study, for optuna-dashboard and optuna.load_study: no trial twice
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        study = optuna.load_study(study_name=None, storage=JournalStorage(JournalFileBackend(str(journal))))
+        complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(study.get_trials()) == len(complete) == len(df)
+        assert sorted(t.value for t in complete) == pytest.approx(sorted(df["score"]))
+    else:
+        assert not journal.exists()
 
 
 DIVERGING_SPACE = """\

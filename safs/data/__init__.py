@@ -35,6 +35,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "normalise",
+    "sized_datasets",
 ]
 
 
@@ -45,6 +46,9 @@ class _Entry(NamedTuple):
     num_classes: int
     input_shape: tuple[int, int, int]
     needs_files: bool  # the module then has ``locate(data_dir)``
+    # Read from an image tree: classes and shape come from the files and ``image_size``
+    # (``module.shape(data_dir, name, image_size)``); num_classes/input_shape above are defaults.
+    sized: bool = False
 
 
 # name -> where its loader lives (imported lazily so the CLI stays light).
@@ -65,6 +69,27 @@ REGISTRY: dict[str, _Entry] = {
         10,
         (1, 8, 8),
         False,
+    ),
+    "imagefolder": _Entry(
+        "imagefolder",
+        "load_imagefolder",
+        "JPEG/PNG images in class folders (train/<class>, val/<class> used as test; or one tree split "
+        "train/val/test), RGB resized to data.image_size (default 32x32); decoded once, cached as uint8; "
+        "crop+flip augmentation",
+        0,
+        (3, 32, 32),
+        True,
+        True,
+    ),
+    "imagenet": _Entry(
+        "imagefolder",
+        "load_imagenet",
+        "ImageNet (ILSVRC train/<wnid>, val/<wnid> used as test), resize 256 + centre crop 224 "
+        "(data.image_size sets the crop); decoded once, cached as uint8; crop+flip augmentation",
+        1000,
+        (3, 224, 224),
+        True,
+        True,
     ),
     "imagenet16": _Entry(
         "imagenet16",
@@ -111,16 +136,35 @@ def dataset_info(name: str) -> str:
     return f"{name}: {_entry(name).description}"
 
 
-def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
-    """(num_classes, (C, H, W)) without loading anything."""
+def sized_datasets() -> list[str]:
+    """Datasets read from image trees, which take ``image_size``."""
+    return sorted(n for n, e in REGISTRY.items() if e.sized)
+
+
+def _check_sized(name: str, e: _Entry, image_size: Any) -> None:
+    if image_size is not None and not e.sized:
+        raise DataError(f"data.image_size: dataset '{name}' has a fixed image size; image_size is only for "
+                        f"{', '.join(sized_datasets())}")
+
+
+def dataset_shape(
+    name: str, data_dir: str | os.PathLike | None = None, image_size: Any = None
+) -> tuple[int, tuple[int, int, int]]:
+    """(num_classes, (C, H, W)) without loading anything (an image tree's folders are listed)."""
     e = _entry(name)
+    _check_sized(name, e, image_size)
+    if e.sized:
+        return importlib.import_module(f"{__name__}.{e.module}").shape(data_dir, name, image_size)
     return e.num_classes, e.input_shape
 
 
-def check_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
+def check_dataset(name: str, data_dir: str | os.PathLike | None = None, image_size: Any = None) -> None:
     """Fail fast (DataError) when a dataset's files are missing, without reading them."""
     e = _entry(name)
-    if e.needs_files:
+    _check_sized(name, e, image_size)
+    if e.sized:
+        dataset_shape(name, data_dir, image_size)
+    elif e.needs_files:
         importlib.import_module(f"{__name__}.{e.module}").locate(data_dir)
 
 
@@ -131,17 +175,21 @@ def load_dataset(
     seed: int = 0,
     val_fraction: float | None = None,
     test_fraction: float | None = None,
+    image_size: Any = None,
 ) -> Dataset:
     """Load dataset ``name`` on the CPU (call ``.to(device)`` afterwards).
 
     ``seed`` fixes the train/val(/test) split; ``None`` fractions mean the
     dataset's defaults. Datasets with an official test set reject
-    ``test_fraction``. All user-facing problems raise ``DataError``.
+    ``test_fraction``. ``image_size`` ([H, W]) is for the image-tree datasets
+    (``sized_datasets()``) only. All user-facing problems raise ``DataError``.
     """
     entry = _entry(name)
+    _check_sized(name, entry, image_size)
     module = importlib.import_module(f"{__name__}.{entry.module}")
     loader: Callable[..., Dataset] = getattr(module, entry.function)
-    return loader(data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    extra = {"image_size": image_size} if entry.sized else {}
+    return loader(data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, **extra)
 
 
 def __getattr__(attr: str) -> Any:

@@ -65,6 +65,7 @@ class Dataset:
     std: torch.Tensor | None
     crop_padding: int
     flip: bool
+    classes: tuple[str, ...] | None = None  # class names by label, where the data names them
 
     def split(self, name: str) -> Split:
         """Return the split called ``name`` ("train", "val" or "test")."""

@@ -17,6 +17,13 @@ skipped (absent from the config, as in ConfigSpace). Floats and integers become
 a sampled config that violates one is told to the study as FAIL and sampling retries; such
 internal trials never get a token.
 
+With a stage directory (``use_directory``, which the search stage calls before it restores
+the searcher) the study lives in an Optuna ``JournalStorage`` file, ``optuna_journal.log``, so
+``optuna-dashboard`` and ``optuna.load_study`` open it. The searcher's JSON state stays the
+source of truth: every build of the study (a new stage, a resume, an unpickled copy) starts
+the journal afresh and replays the state into it, so it never holds a trial twice and always
+matches the study the search asks and tells.
+
 Trial 0 is the space's default configuration (enqueued with ``study.enqueue_trial``), so the
 search always scores the defaults first, as the SMAC backend does. ``origin(token)`` says so:
 ``default`` for that trial, ``sampler`` for every later one.
@@ -29,6 +36,7 @@ import importlib.util
 import inspect
 import warnings
 from numbers import Integral
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safs.hpo.backends import finite_score, plain, space_digest
@@ -42,6 +50,7 @@ SAMPLER_REQUIRES = {"CmaEsSampler": ("cmaes",), "GPSampler": ("torch", "scipy")}
 #: switch is deprecated since Optuna 4.9 and TPE does not warn by default)
 QUIET_INDEPENDENT_SAMPLING = ("QMCSampler", "GPSampler", "CmaEsSampler")
 MAX_FORBIDDEN_RETRIES = 100
+JOURNAL = "optuna_journal.log"  # the study, in a stage directory (see use_directory)
 
 
 def sampler_names() -> list[str]:
@@ -86,12 +95,21 @@ class OptunaOptimizer:
         self.n_trials = int(n_trials)
         self.sampler = sampler
         self.sampler_options = dict(sampler_options or {})
+        self.journal_path: Path | None = None  # see use_directory
         self._plan = _space_plan(configspace)  # validates the hyperparameter and condition types
         self._make_sampler()  # validates the sampler name, its options and its extra modules
         self.history: list[dict[str, Any]] = []
         self._next_token = 0
         self._outstanding: dict[int, dict[str, Any]] = {}  # token -> {config, params, distributions}
         self._reset_live()
+
+    def use_directory(self, directory: str | Path) -> None:
+        """Keep the study in ``<directory>/optuna_journal.log`` (rebuilt from the state if the
+        study exists already)."""
+        state = self.state_dict() if self._study is not None else None
+        self.journal_path = Path(directory) / JOURNAL
+        if state is not None:
+            self.load_state_dict(state)
 
     # --- the protocol -------------------------------------------------------------------
     def ask(self) -> tuple[int, dict[str, Any]] | None:
@@ -285,7 +303,7 @@ class OptunaOptimizer:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         restore = self._restore or {}
         sampler = self._make_sampler(restored=len(restore.get("finished", [])))
-        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study = optuna.create_study(direction="maximize", sampler=sampler, **self._storage())
         for t in restore.get("finished", []):
             dists = {k: json_to_distribution(v) for k, v in t["distributions"].items()}
             state = TrialState[t["state"]]
@@ -304,6 +322,18 @@ class OptunaOptimizer:
             study.enqueue_trial(self._default_params())  # trial 0: the space's defaults
         self._study = study
         self._restore = None
+
+    def _storage(self) -> dict[str, Any]:
+        """A fresh journal file for the study about to be built (nothing, without a directory)."""
+        if self.journal_path is None:
+            return {}
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = self.journal_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # the JSON state is replayed into it: no trial twice
+        return {"storage": JournalStorage(JournalFileBackend(str(path))), "study_name": path.parent.name or "safs"}
 
     def _frozen(self, token: int):
         if self._study is None:

@@ -26,11 +26,13 @@ def dataset(spec: dict, device: torch.device):
     from safs.data import load_dataset
 
     d = spec["data"]
-    key = (d["name"], d["data_dir"], d["split_seed"], d["val_fraction"], d["test_fraction"], str(device))
+    size = d.get("image_size")
+    key = (d["name"], d["data_dir"], d["split_seed"], d["val_fraction"], d["test_fraction"],
+           None if size is None else tuple(size), str(device))
     if key not in _DATASETS:
         _DATASETS.clear()  # keep at most one dataset per worker in memory
         ds = load_dataset(d["name"], d["data_dir"], seed=d["split_seed"],
-                          val_fraction=d["val_fraction"], test_fraction=d["test_fraction"])
+                          val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], image_size=size)
         _DATASETS[key] = ds.to(device)
     return _DATASETS[key]
 

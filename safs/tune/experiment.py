@@ -118,8 +118,25 @@ def _run_config(stage: StagePlan, spec: dict, quiet: bool, attempt: str):
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if stage.is_search else 2),
         failure_config=tune.FailureConfig(max_failures=spec["resources"]["max_failures"]),
-        callbacks=[_progress_callback(stage, quiet)],
+        callbacks=[_progress_callback(stage, quiet), *_tracking_callbacks(stage, spec)],
     )
+
+
+def _tracking_callbacks(stage: StagePlan, spec: dict) -> list:
+    """``tracking.mlflow``: Ray Tune's MLflow logger, one MLflow run per trial, tagged with the
+    pipeline, the stage and its directory. (TensorBoard needs nothing: Tune writes its event
+    files into every trial directory.)"""
+    mlflow = (spec.get("tracking") or {}).get("mlflow")
+    if not mlflow:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    tags = {"safs.pipeline": spec["pipeline"], "safs.stage": stage.name, "safs.kind": stage.kind,
+            "safs.stage_dir": stage.dir.name}
+    if spec.get("variant"):
+        tags["safs.variant"] = spec["variant"]
+    return [MLflowLoggerCallback(tracking_uri=mlflow.get("tracking_uri"),
+                                 experiment_name=mlflow.get("experiment") or spec["pipeline"], tags=tags)]
 
 
 def _next_attempt(stage: StagePlan) -> str:
@@ -178,6 +195,9 @@ def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool =
     st = spec["stage"]
     state_path = stage.dir / SEARCH_STATE
     optimizer = make_optimizer()
+    use_directory = getattr(optimizer, "use_directory", None)  # optimizers that keep files of their own
+    if use_directory is not None:
+        use_directory(stage.dir)
     parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
     if optimizer.max_parallel() is not None:
         parallel = min(parallel, optimizer.max_parallel())
