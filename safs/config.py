@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from safs.io import deep_merge
 from safs.settings import TrainingSettings, _Strict
 
 
@@ -436,7 +437,7 @@ def _apply_stage_defaults(raw: dict, source: str) -> dict:
         raise ConfigError(f"{source}: defaults: expected a mapping from stage kind to settings; accepted kinds: {', '.join(STAGE_KINDS)}")
     stages = raw.get("stages")
     if isinstance(stages, list):
-        raw["stages"] = [_deep_merge(_defaults_for(st.get("kind"), defaults), st) if isinstance(st, dict) else st
+        raw["stages"] = [deep_merge(_defaults_for(st.get("kind"), defaults), st) if isinstance(st, dict) else st
                          for st in stages]
     return raw
 
@@ -448,14 +449,7 @@ def _defaults_for(kind: Any, defaults: dict) -> dict:
     if kind not in ("activation_search", "hpo") or not isinstance(defaults.get("train"), dict):
         return own
     shared = {k: v for k, v in defaults["train"].items() if k in TrainingSettings.model_fields}
-    return _deep_merge(shared, own) if isinstance(own, dict) else own
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return deep_merge(shared, own) if isinstance(own, dict) else own
 
 
 def _fmt_loc(loc: tuple) -> str:

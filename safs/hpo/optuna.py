@@ -31,7 +31,8 @@ import warnings
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
-from safs.hpo.backends import finite_score, plain, space_digest
+from safs.hpo.backends import finite_score, space_digest
+from safs.io import plain
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace

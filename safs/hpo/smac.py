@@ -69,7 +69,8 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safs.hpo.backends import finite_score, plain, space_digest
+from safs.hpo.backends import finite_score, space_digest
+from safs.io import plain
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace
@@ -97,10 +98,6 @@ def smac_origin(label: str | None) -> str:
     if "acquisition" in text and not text.endswith(": random search"):  # unsorted = unranked
         return "model"
     return "random"
-
-
-def plain_config(config: Any) -> dict[str, Any]:
-    return {name: plain(value) for name, value in dict(config).items()}
 
 
 class SMACOptimizer:
@@ -200,7 +197,7 @@ class SMACOptimizer:
             return None
         token = self._next_token
         self._next_token += 1
-        config = plain_config(info.config)
+        config = plain(info.config)
         budget = None if info.budget is None else float(info.budget)
         self._outstanding[token] = {"config": config, "budget": budget, "seed": info.seed,
                                     "instance": info.instance, "origin": self._origin_of(config, info)}
@@ -474,7 +471,7 @@ class SMACOptimizer:
 def _same_trial(info: Any, entry: dict[str, Any]) -> bool:
     budget = None if info.budget is None else float(info.budget)
     return (budget == entry["budget"] and info.seed == entry["seed"] and info.instance == entry["instance"]
-            and plain_config(info.config) == entry["config"])
+            and plain(info.config) == entry["config"])
 
 
 def _default_first(design: Any, configspace: Any) -> Any:
