@@ -53,14 +53,6 @@ def create_backend(name: str, configspace: Any, seed: int, options: dict[str, An
 
 
 # --- helpers shared by the backends -------------------------------------------------------
-def finite_score(score: Any) -> float | None:
-    """A told score as a float; ``None`` when the trial failed (``None``, NaN, ±inf, junk;
-    a bool is junk here too)."""
-    from safs.search.base import finite_score as number
-
-    return None if isinstance(score, bool) else number(score)
-
-
 def space_digest(space: Any) -> str:
     """SHA-256 of the space's canonical JSON: recognises a state saved for another space.
     Stored in ``search_state.json`` (``settings.space_sha256``) with ``json.dumps``'s default

@@ -69,8 +69,9 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safs.hpo.backends import finite_score, space_digest
+from safs.hpo.backends import space_digest
 from safs.io import plain
+from safs.search.base import finite_score
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace
