@@ -26,6 +26,13 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- blocks
 
+def _one_of(value: str, names: list[str], what: str, *, also: str = "") -> str:
+    """``value`` if it is one of ``names``; else the one-line "unknown <what>" error."""
+    if value not in names:
+        raise ValueError(f"unknown {what} '{value}'; accepted: {', '.join(names)}{also}")
+    return value
+
+
 class DataConfig(_Strict):
     name: str
     data_dir: str | None = None
@@ -38,9 +45,7 @@ class DataConfig(_Strict):
     def _known_dataset(cls, v: str) -> str:
         from safs.data import list_datasets
 
-        if v not in list_datasets():
-            raise ValueError(f"unknown dataset '{v}'; accepted: {', '.join(list_datasets())}")
-        return v
+        return _one_of(v, list_datasets(), "dataset")
 
 
 class ModelConfig(_Strict):
@@ -51,22 +56,18 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from safs.models import list_models
+        from safs.models import TORCHVISION_PREFIX, list_models
 
-        if v not in list_models() and not v.startswith("torchvision."):
-            raise ValueError(
-                f"unknown model '{v}'; accepted: {', '.join(list_models())}, or torchvision.<name>"
-            )
-        return v
+        if v.startswith(TORCHVISION_PREFIX):
+            return v
+        return _one_of(v, list_models(), "model", also=f", or {TORCHVISION_PREFIX}<name>")
 
     @field_validator("activation")
     @classmethod
     def _known_activation(cls, v: str | None) -> str | None:
         from safs.activations import list_operators
 
-        if v is not None and v not in list_operators():
-            raise ValueError(f"unknown activation '{v}'; accepted: {', '.join(list_operators())}")
-        return v
+        return v if v is None else _one_of(v, list_operators(), "activation")
 
 
 class SparsityConfig(_Strict):
@@ -79,9 +80,7 @@ class SparsityConfig(_Strict):
     def _known_method(cls, v: str) -> str:
         from safs.sparsity import list_methods
 
-        if v not in list_methods():
-            raise ValueError(f"unknown method '{v}'; accepted: {', '.join(list_methods())}")
-        return v
+        return _one_of(v, list_methods(), "method")
 
 
 class ResourcesConfig(_Strict):
@@ -140,9 +139,7 @@ class ActivationSearchStage(TrainingSettings):
     def _known_algorithm(cls, v: str) -> str:
         from safs.search import list_optimizers
 
-        if v not in list_optimizers():
-            raise ValueError(f"unknown search algorithm '{v}'; accepted: {', '.join(list_optimizers())}")
-        return v
+        return _one_of(v, list_optimizers(), "search algorithm")
 
     @property
     def epochs(self) -> int:
@@ -171,9 +168,7 @@ class HpoStage(TrainingSettings):
     def _known_backend(cls, v: str) -> str:
         from safs.hpo.backends import list_backends
 
-        if v not in list_backends():
-            raise ValueError(f"unknown HPO backend '{v}'; accepted: {', '.join(list_backends())}")
-        return v
+        return _one_of(v, list_backends(), "HPO backend")
 
     @property
     def epochs(self) -> int:
