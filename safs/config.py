@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from safs.io import deep_merge
 from safs.settings import TrainingSettings, _Strict
 
 
@@ -24,6 +25,13 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------- blocks
+
+def _one_of(value: str, names: list[str], what: str, *, also: str = "") -> str:
+    """``value`` if it is one of ``names``; else the one-line "unknown <what>" error."""
+    if value not in names:
+        raise ValueError(f"unknown {what} '{value}'; accepted: {', '.join(names)}{also}")
+    return value
+
 
 class DataConfig(_Strict):
     name: str
@@ -39,9 +47,7 @@ class DataConfig(_Strict):
     def _known_dataset(cls, v: str) -> str:
         from safs.data import list_datasets
 
-        if v not in list_datasets():
-            raise ValueError(f"unknown dataset '{v}'; accepted: {', '.join(list_datasets())}")
-        return v
+        return _one_of(v, list_datasets(), "dataset")
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -69,22 +75,18 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from safs.models import list_models
+        from safs.models import TORCHVISION_PREFIX, list_models
 
-        if v not in list_models() and not v.startswith("torchvision."):
-            raise ValueError(
-                f"unknown model '{v}'; accepted: {', '.join(list_models())}, or torchvision.<name>"
-            )
-        return v
+        if v.startswith(TORCHVISION_PREFIX):
+            return v
+        return _one_of(v, list_models(), "model", also=f", or {TORCHVISION_PREFIX}<name>")
 
     @field_validator("activation")
     @classmethod
     def _known_activation(cls, v: str | None) -> str | None:
         from safs.activations import list_operators
 
-        if v is not None and v not in list_operators():
-            raise ValueError(f"unknown activation '{v}'; accepted: {', '.join(list_operators())}")
-        return v
+        return v if v is None else _one_of(v, list_operators(), "activation")
 
 
 class SparsityConfig(_Strict):
@@ -97,9 +99,7 @@ class SparsityConfig(_Strict):
     def _known_method(cls, v: str) -> str:
         from safs.sparsity import list_methods
 
-        if v not in list_methods():
-            raise ValueError(f"unknown method '{v}'; accepted: {', '.join(list_methods())}")
-        return v
+        return _one_of(v, list_methods(), "method")
 
 
 class ResourcesConfig(_Strict):
@@ -180,9 +180,7 @@ class ActivationSearchStage(TrainingSettings):
     def _known_algorithm(cls, v: str) -> str:
         from safs.search import list_optimizers
 
-        if v not in list_optimizers():
-            raise ValueError(f"unknown search algorithm '{v}'; accepted: {', '.join(list_optimizers())}")
-        return v
+        return _one_of(v, list_optimizers(), "search algorithm")
 
     @property
     def epochs(self) -> int:
@@ -211,9 +209,7 @@ class HpoStage(TrainingSettings):
     def _known_backend(cls, v: str) -> str:
         from safs.hpo.backends import list_backends
 
-        if v not in list_backends():
-            raise ValueError(f"unknown HPO backend '{v}'; accepted: {', '.join(list_backends())}")
-        return v
+        return _one_of(v, list_backends(), "HPO backend")
 
     @property
     def epochs(self) -> int:
@@ -560,7 +556,7 @@ def _apply_stage_defaults(raw: dict, source: str) -> dict:
         raise ConfigError(f"{source}: defaults: expected a mapping from stage kind to settings; accepted kinds: {', '.join(STAGE_KINDS)}")
     stages = raw.get("stages")
     if isinstance(stages, list):
-        raw["stages"] = [_deep_merge(_defaults_for(st.get("kind"), defaults), st) if isinstance(st, dict) else st
+        raw["stages"] = [deep_merge(_defaults_for(st.get("kind"), defaults), st) if isinstance(st, dict) else st
                          for st in stages]
     return raw
 
@@ -572,14 +568,7 @@ def _defaults_for(kind: Any, defaults: dict) -> dict:
     if kind not in ("activation_search", "hpo") or not isinstance(defaults.get("train"), dict):
         return own
     shared = {k: v for k, v in defaults["train"].items() if k in TrainingSettings.model_fields}
-    return _deep_merge(shared, own) if isinstance(own, dict) else own
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return deep_merge(shared, own) if isinstance(own, dict) else own
 
 
 def _fmt_loc(loc: tuple) -> str:

@@ -1,12 +1,15 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), locks,
+checksums, and the few helpers that make and compare plain JSON values."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,6 +50,32 @@ def torch_save(obj: Any, path: Path) -> None:
 
 def write_parquet(path: Path, frame) -> None:
     _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain Python: a numpy scalar (ConfigSpace hands out ``np.str_``,
+    ``np.float64``) as the Python scalar, a mapping (a dict, a ConfigSpace ``Configuration``)
+    as a dict of plain values; anything else unchanged."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value.item() if hasattr(value, "item") else value
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """A copy of ``base`` with ``override`` merged in: nested mappings merge, anything else in
+    ``override`` replaces (a copy of) what ``base`` has."""
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) \
+            else copy.deepcopy(v)
+    return out
+
+
+def digest(payload: Any, *, length: int | None = None, separators: tuple[str, str] = (",", ":")) -> str:
+    """The SHA-256 (hex; its first ``length`` digits) of ``payload``'s canonical JSON: sorted
+    keys, ``separators`` as in ``json.dumps``, anything else as ``str``."""
+    blob = json.dumps(payload, sort_keys=True, separators=separators, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
 
 
 def read_json(path: Path) -> Any | None:

@@ -33,12 +33,12 @@ def model_blob(model: nn.Module, meta: dict, method: str | None) -> dict:
     """What ``model.pt`` holds: weights, masks, activation genome and α/β, loadable with
     weights_only=True (the tensors are copied to the CPU).
 
-    ``architecture`` records an architecture transform the model went through (SAS's
-    conversion, ``safs.sparsity.sas.architecture``; ``None`` for none), independently of
-    ``method``: a later stage without the method (an activation search) still saves it.
+    ``architecture`` records an architecture transform the model went through
+    (``safs.sparsity.architecture``; ``None`` for none), independently of ``method``: a later
+    stage without the method (an activation search) still saves it.
     """
     from safs.activations import genome
-    from safs.sparsity.sas import architecture
+    from safs.sparsity import architecture
 
     return {"format": MODEL_FORMAT, "model": meta, "genome": genome(model), "method": method,
             "architecture": architecture(model),
@@ -67,7 +67,7 @@ def model_from_blob(blob: dict, device: torch.device | str = "cpu") -> nn.Module
     meta = blob["model"]
     model = create_model(meta["name"], meta["num_classes"], tuple(meta["input_shape"]), meta["activation"], **meta["options"])
     if blob.get("architecture") is not None:  # absent in files written before it existed
-        from safs.sparsity.sas import rebuild
+        from safs.sparsity import rebuild
 
         rebuild(model, blob["architecture"])
     apply_genome(model, blob["genome"])

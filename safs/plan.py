@@ -11,17 +11,16 @@ Pure: no Ray, no torch. The only files read are the pipeline's own search-space 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safs.config import ActivationSearchStage, HpoStage, PipelineConfig, PruneStage, TrainStage
-from safs.io import read_json
+from safs.io import digest, read_json
 
 # 2: a train stage's model.pt is its selected epoch (was: its last), every trial is seeded.
 HASH_VERSION = 2
+HASH_LENGTH = 10  # hex digits of a stage hash (and of the HPO space digest in it)
 RECORD = "stage.json"
 MODEL = "model.pt"
 
@@ -80,12 +79,6 @@ def space_module(kind: str):
     return None
 
 
-def digest(payload: Any) -> str:
-    """The first 10 hex digits of the SHA-256 of ``payload``'s canonical JSON."""
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
 def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     """Resolve every stage to its settings, hash and directory. Reads the search stages'
     space files (nothing else) and writes nothing."""
@@ -119,7 +112,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             from safs.hpo.space import load_space, resolve_space as resolve_hpo_space
 
             cs = load_space(resolve_hpo_space(st.space), st.space_options or None)
-            settings["space_digest"] = digest(cs.to_serialized_dict())
+            settings["space_digest"] = digest(cs.to_serialized_dict(), length=HASH_LENGTH)
             uses_method = pruned
         else:
             assert isinstance(st, TrainStage)
@@ -132,7 +125,7 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
         if getattr(st, "settings_from", None):
             payload["settings_from"] = plans[index[st.settings_from]].hash
-        h = digest(payload)
+        h = digest(payload, length=HASH_LENGTH)
         label = st.label or DEFAULT_LABELS.get(st.name, st.name)
         spec = {
             "pipeline": cfg.name,

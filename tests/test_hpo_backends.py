@@ -140,17 +140,17 @@ def test_optuna_rejects_samples_that_violate_forbidden_clauses():
 # --- failures -----------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["smac", "optuna"])
 def test_failed_trials_are_recorded_and_the_search_goes_on(backend):
-    """None / NaN / inf are failures. For SMAC they are told before its random forest is first
+    """None / NaN / inf / a bool are failures. For SMAC they are told before its random forest is first
     fitted: a failure told with cost inf would make that fit raise (NaN targets)."""
     cs = make_space()
     opt = create_backend(backend, cs, 1, {"n_trials": 8, **({"n_init": 3} if backend == "smac" else {})})
-    failures = {0: None, 1: math.nan, 2: math.inf}
+    failures = {0: None, 1: math.nan, 2: math.inf, 3: True}
     asked = run(opt, score=lambda cfg: failures.get(len(opt.history), objective(cfg)))
     assert len(asked) == 8 and opt.done()
-    assert [r["score"] for r in opt.history[:3]] == [None, None, None]
-    assert all(r["score"] is not None for r in opt.history[3:])
+    assert [r["score"] for r in opt.history[:4]] == [None, None, None, None]
+    assert all(r["score"] is not None for r in opt.history[4:])
     config, score = opt.best()
-    assert score == max(r["score"] for r in opt.history[3:])
+    assert score == max(r["score"] for r in opt.history[4:])
     assert config == next(r["config"] for r in opt.history if r["score"] == score)
 
 

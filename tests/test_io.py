@@ -47,3 +47,23 @@ def test_safs_run_refuses_a_pipeline_that_is_already_running(tmp_path):
     assert f"in use by another process (pid {os.getpid()}); one safs run per pipeline at a time" in r.output
     assert len(r.output.strip().splitlines()) == 2  # the banner, then one error line
     assert not list((results / "busy").glob("01-*"))  # nothing ran
+
+
+def test_plain_values_merge_and_digest():
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from safs.io import deep_merge, digest, plain
+
+    assert plain({"a": np.float64(0.5), "b": np.str_("x"), "c": {"d": np.int64(3)}}) == {"a": 0.5, "b": "x", "c": {"d": 3}}
+    assert type(plain(np.int64(3))) is int and plain([1, 2]) == [1, 2]
+    base = {"a": {"b": 1, "c": 2}, "d": [1]}
+    merged = deep_merge(base, {"a": {"c": 3}, "d": [2]})
+    assert merged == {"a": {"b": 1, "c": 3}, "d": [2]} and base == {"a": {"b": 1, "c": 2}, "d": [1]}
+    payload = {"b": 1, "a": [1.5, "x"]}
+    compact = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    assert digest(payload, length=10) == hashlib.sha256(compact.encode()).hexdigest()[:10]
+    spaced = json.dumps(payload, sort_keys=True)  # the form HPO states store (space_sha256)
+    assert digest(payload, separators=(", ", ": ")) == hashlib.sha256(spaced.encode()).hexdigest()

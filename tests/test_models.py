@@ -224,15 +224,18 @@ def test_torchvision_activation_and_errors():
         create_model("torchvision.resnet18", 10, (3, 32, 32), bogus=1)
 
 
-def test_model_info_and_light_table_match_builders():
-    from safs.models.registry import _BUILTIN, MODELS
+def test_model_info_and_declared_models_match_builders():
+    from safs.models.registry import BUILTIN_MODULES, MODELS, declared_models
 
+    declared = {s.name: s for module in BUILTIN_MODULES for s in declared_models(module)}
+    assert list(declared) == list_models()
     for name in list_models():
-        MODELS[name]  # import the builder: its decorator rewrites the spec
-        module, act, description = _BUILTIN[name]
-        spec = MODELS.specs[name]
-        assert (spec.module, spec.default_activation, spec.description) == (module, act, description)
-        assert name in model_info(name) and act in model_info(name)
+        MODELS[name]  # import the builder: its decorator registers it
+        spec, read = MODELS.specs[name], declared[name]
+        assert spec.builder is not None and spec.builder.__module__ == read.module
+        assert (spec.module, spec.default_activation, spec.description) == \
+            (read.module, read.default_activation, read.description)
+        assert name in model_info(name) and spec.default_activation in model_info(name)
     assert "torchvision.<name>" in model_info("torchvision.anything")
 
 

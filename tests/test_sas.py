@@ -248,6 +248,16 @@ def test_unconverted_model_files_are_unchanged(tmp_path):
     assert not is_converted(loaded)
 
 
+def test_model_files_replay_a_transform_through_the_method_it_names():
+    from safs.sparsity import architecture as recorded, method_class, rebuild
+
+    assert method_class("lwm").architecture(build("lenet5")) is None and recorded(build("lenet5")) is None
+    with pytest.raises(ValueError, match="unknown architecture transform 'lwm'.*'sas'"):
+        rebuild(build("lenet5"), {"transform": "lwm", "version": 1})
+    with pytest.raises(ValueError, match="unknown architecture transform 'sas' .version 9"):
+        rebuild(build("lenet5"), {"transform": "sas", "version": 9})
+
+
 def test_unsupported_models_and_activations_fail_clearly_at_attach():
     with pytest.raises(ValueError, match=r"EfficientNetB0.*supported models: lenet5, vgg11, vgg16, resnet18"):
         create_method("sas", 0.0).attach(build("efficientnet_b0", shape=(3, 8, 8)))

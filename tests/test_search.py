@@ -492,3 +492,12 @@ def test_import_is_pure_python():
     code = "import sys, safs.search; print(sorted(m for m in ('torch', 'ray', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_one_rule_for_what_counts_as_a_score():
+    from safs.search.base import FAILED, finite_score, sanitize
+
+    assert finite_score(0.5) == 0.5 and finite_score(1) == 1.0 and finite_score("0.25") == 0.25
+    for junk in (None, True, False, "high", float("nan"), float("inf"), -float("inf"), [1]):
+        assert finite_score(junk) is None, junk
+    assert sanitize(True) == FAILED

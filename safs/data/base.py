@@ -284,6 +284,19 @@ def dict_get(d: Any, key: str, path: Path) -> Any:
     raise DataError(f"data.data_dir: '{path}' is not a valid dataset pickle (no '{key}' entry)")
 
 
+def split_fractions(dataset: str, val_fraction: float | None, test_fraction: float | None, *,
+                    val: float, test: float | None = None) -> tuple[float, float | None]:
+    """A loader's ``(val_fraction, test_fraction)``: each checked, or the dataset's default
+    (``val``, ``test``). A dataset with an official test set (``test=None``) refuses a
+    ``test_fraction`` and gets ``None`` for it."""
+    if test is None:
+        fixed_test_fraction(dataset, test_fraction)
+    val_fraction = check_fraction("val_fraction", val if val_fraction is None else val_fraction)
+    if test is None:
+        return val_fraction, None
+    return val_fraction, check_fraction("test_fraction", test if test_fraction is None else test_fraction)
+
+
 def fixed_test_fraction(dataset: str, test_fraction: float | None) -> None:
     """Datasets with an official test set take no ``test_fraction``: refuse it loudly."""
     if test_fraction is not None:

@@ -16,13 +16,12 @@ from pathlib import Path
 from .base import (
     DataError,
     Dataset,
-    check_fraction,
     dict_get,
     find_files,
-    fixed_test_fraction,
     load_pickle,
     make_split,
     require_data_dir,
+    split_fractions,
     split_indices,
 )
 
@@ -71,8 +70,7 @@ def load_cifar10(
     import numpy as np
     import torch
 
-    fixed_test_fraction("cifar10", test_fraction)
-    val_fraction = check_fraction("val_fraction", 0.1 if val_fraction is None else val_fraction)
+    val_fraction, _ = split_fractions("cifar10", val_fraction, test_fraction, val=0.1)
     paths = locate(data_dir)
     train = [read_batch(paths[name]) for name in TRAIN_FILES]
     x_all = np.concatenate([x for x, _ in train])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
-from .base import DataError, Dataset, check_fraction, make_split, split_indices
+from .base import DataError, Dataset, make_split, split_fractions, split_indices
 
 
 def _split_dataset(
@@ -25,8 +25,6 @@ def _split_dataset(
     test_fraction: float,
     scale: float,
 ) -> Dataset:
-    val_fraction = check_fraction("val_fraction", val_fraction)
-    test_fraction = check_fraction("test_fraction", test_fraction)
     train_idx, val_idx, test_idx = split_indices(len(y), [val_fraction, test_fraction], seed)
     return Dataset(
         name=name,
@@ -60,15 +58,9 @@ def load_digits(
     bunch = sk_load_digits()
     x = bunch.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
-    return _split_dataset(
-        "digits",
-        x,
-        y,
-        seed=seed,
-        val_fraction=0.15 if val_fraction is None else val_fraction,
-        test_fraction=0.15 if test_fraction is None else test_fraction,
-        scale=1.0 / 16.0,
-    )
+    val_fraction, test_fraction = split_fractions("digits", val_fraction, test_fraction, val=0.15, test=0.15)
+    return _split_dataset("digits", x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                          scale=1.0 / 16.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,13 +104,7 @@ def load_mnist5k(
 
     Like the original SAFS MNIST pipeline (ToTensor only) there is no mean/std.
     """
+    val_fraction, test_fraction = split_fractions("mnist5k", val_fraction, test_fraction, val=0.1, test=0.2)
     x, y = _mnist5k_arrays()
-    return _split_dataset(
-        "mnist5k",
-        x,
-        y,
-        seed=seed,
-        val_fraction=0.1 if val_fraction is None else val_fraction,
-        test_fraction=0.2 if test_fraction is None else test_fraction,
-        scale=1.0 / 255.0,
-    )
+    return _split_dataset("mnist5k", x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                          scale=1.0 / 255.0)

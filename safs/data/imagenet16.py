@@ -27,13 +27,12 @@ from .base import (
     DataError,
     Dataset,
     assignment_from_parts,
-    check_fraction,
     dict_get,
     find_files,
-    fixed_test_fraction,
     load_pickle,
     make_split,
     require_data_dir,
+    split_fractions,
     split_indices,
     take_parts,
 )
@@ -82,8 +81,7 @@ def load_imagenet16(
     import numpy as np
     import torch
 
-    fixed_test_fraction("imagenet16", test_fraction)
-    val_fraction = check_fraction("val_fraction", 0.02 if val_fraction is None else val_fraction)
+    val_fraction, _ = split_fractions("imagenet16", val_fraction, test_fraction, val=0.02)
     paths = locate(data_dir)
 
     xs, ys = [], []

@@ -14,12 +14,11 @@ from pathlib import Path
 from .base import (
     DataError,
     Dataset,
-    check_fraction,
     find_files,
-    fixed_test_fraction,
     make_split,
     read_bytes,
     require_data_dir,
+    split_fractions,
     split_indices,
 )
 
@@ -86,8 +85,7 @@ def load_mnist(
     test_fraction: float | None = None,
 ) -> Dataset:
     """MNIST from idx files: uint8 (N, 1, 28, 28), scale 1/255, no mean/std, no augmentation."""
-    fixed_test_fraction("mnist", test_fraction)
-    val_fraction = check_fraction("val_fraction", 1.0 / 6.0 if val_fraction is None else val_fraction)
+    val_fraction, _ = split_fractions("mnist", val_fraction, test_fraction, val=1.0 / 6.0)
     paths = locate(data_dir)
     x_train, y_train = _read_pair(paths[TRAIN_IMAGES], paths[TRAIN_LABELS])
     x_test, y_test = _read_pair(paths[TEST_IMAGES], paths[TEST_LABELS])

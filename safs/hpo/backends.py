@@ -9,11 +9,11 @@ before any library work, with one-line ``ValueError``s.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
-import json
 from typing import Any
+
+from safs.io import digest
 
 BACKENDS: dict[str, str] = {
     "smac": "safs.hpo.smac:SMACOptimizer",
@@ -53,23 +53,11 @@ def create_backend(name: str, configspace: Any, seed: int, options: dict[str, An
 
 
 # --- helpers shared by the backends -------------------------------------------------------
-def plain(value: Any) -> Any:
-    """numpy scalars (ConfigSpace hands out ``np.str_``, ``np.float64``) as Python values."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def finite_score(score: Any) -> float | None:
-    """A told score as a float; ``None`` when the trial failed (``None``, NaN, ±inf, junk;
-    a bool is junk here too)."""
-    from safs.search.base import finite_score as number
-
-    return None if isinstance(score, bool) else number(score)
-
-
 def space_digest(space: Any) -> str:
-    """SHA-256 of the space's canonical JSON: recognises a state saved for another space."""
-    text = json.dumps(space.to_serialized_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 of the space's canonical JSON: recognises a state saved for another space.
+    Stored in ``search_state.json`` (``settings.space_sha256``) with ``json.dumps``'s default
+    separators, unlike the compact stage hash, so that saved states still resume."""
+    return digest(space.to_serialized_dict(), separators=(", ", ": "))
 
 
 __all__ = ["BACKENDS", "backend_class", "backend_options", "create_backend", "list_backends"]

@@ -39,7 +39,10 @@ from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safs.hpo.backends import finite_score, plain, space_digest
+from safs.hpo.backends import space_digest
+from safs.hpo.base import TokenLedger
+from safs.io import plain
+from safs.search.base import finite_score
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace
@@ -62,7 +65,7 @@ def sampler_names() -> list[str]:
                   and inspect.isclass(getattr(optuna.samplers, name)))
 
 
-class OptunaOptimizer:
+class OptunaOptimizer(TokenLedger):
     """An in-memory Optuna study (direction maximize) over a ConfigSpace space.
 
     ``sampler`` names a class in ``optuna.samplers`` (``TPESampler``, ``RandomSampler``,
@@ -74,7 +77,6 @@ class OptunaOptimizer:
     """
 
     name = "optuna"
-    payload = "config"  # the Tune bridge hands trials {"candidate": {"token": ..., "config": ...}}
 
     def __init__(self, configspace: ConfigurationSpace, seed: int, *, n_trials: int = 20,
                  sampler: str = "TPESampler", sampler_options: dict[str, Any] | None = None) -> None:
@@ -98,9 +100,7 @@ class OptunaOptimizer:
         self.journal_path: Path | None = None  # see use_directory
         self._plan = _space_plan(configspace)  # validates the hyperparameter and condition types
         self._make_sampler()  # validates the sampler name, its options and its extra modules
-        self.history: list[dict[str, Any]] = []
-        self._next_token = 0
-        self._outstanding: dict[int, dict[str, Any]] = {}  # token -> {config, params, distributions}
+        self._open_ledger()  # outstanding: token -> {config, number, params, distributions, origin}
         self._reset_live()
 
     def use_directory(self, directory: str | Path) -> None:
@@ -128,8 +128,7 @@ class OptunaOptimizer:
         else:
             raise RuntimeError(f"optuna: {MAX_FORBIDDEN_RETRIES} samples in a row violated the space's "
                                "forbidden clauses")
-        token = self._next_token
-        self._next_token += 1
+        token = self._take_token()
         self._outstanding[token] = {"config": dict(config), "number": trial.number, "origin": _origin_of(token)}
         self._trials[token] = trial
         return token, dict(config)
@@ -137,13 +136,10 @@ class OptunaOptimizer:
     def tell(self, token: int, score: float | None) -> None:
         """Report a trial's score (maximised); ``None``/NaN/inf = failed. Unknown or already
         told tokens are ignored."""
-        try:
-            token = int(token)
-        except (TypeError, ValueError):
+        token = self._pending(token)
+        if token is None:
             return
-        entry = self._outstanding.get(token)
-        if entry is None:
-            return
+        entry = self._outstanding[token]
         study = self._get_study()
         from optuna.trial import TrialState
 
@@ -153,32 +149,11 @@ class OptunaOptimizer:
             study.tell(trial, state=TrialState.FAIL)
         else:
             study.tell(trial, value)
-        del self._outstanding[token]
+        self._told(token, value)
         self._trials.pop(token, None)
-        self.history.append({"token": token, "config": dict(entry["config"]), "score": value, "budget": None,
-                             "origin": entry.get("origin")})
-
-    def origin(self, token: int) -> str | None:
-        """``default`` or ``sampler`` for an asked token, ``None`` for one never asked."""
-        entry = self._outstanding.get(token) or next((r for r in self.history if r["token"] == token), None)
-        return None if entry is None else entry.get("origin")
 
     def done(self) -> bool:
         return self._next_token >= self.n_trials and not self._outstanding
-
-    def best(self) -> tuple[dict[str, Any], float] | None:
-        """Best told configuration and its score (failures never count; ties: first told)."""
-        ok = [r for r in self.history if r["score"] is not None]
-        if not ok:
-            return None
-        best = max(ok, key=lambda r: r["score"])
-        return dict(best["config"]), best["score"]
-
-    def outstanding(self) -> dict[int, dict[str, Any]]:
-        return {token: dict(entry["config"]) for token, entry in self._outstanding.items()}
-
-    def max_parallel(self) -> int | None:
-        return None
 
     # --- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -206,8 +181,7 @@ class OptunaOptimizer:
                 params, dists = entry["params"], entry["distributions"]
             outstanding.append({"token": token, "config": dict(entry["config"]), "params": params,
                                 "distributions": dists, "origin": entry.get("origin")})
-        return {"backend": self.name, "settings": self._settings(), "next_token": self._next_token,
-                "finished": finished, "outstanding": outstanding, "history": copy.deepcopy(self.history)}
+        return {**self._ledger_state(), "finished": finished, "outstanding": outstanding}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict()`` of an optimizer built with the same arguments: a new
@@ -215,16 +189,9 @@ class OptunaOptimizer:
         to ``n_trials`` in all. The sampler is re-created with a seed derived from ``seed`` and
         the number of finished trials, so the continuation is deterministic but is not the
         sequence an uninterrupted run would have produced."""
-        if state.get("backend") != self.name:
-            raise ValueError(f"state is for HPO backend {state.get('backend')!r}, not {self.name!r}")
-        settings = self._settings()
-        saved = state.get("settings") or {}
-        if saved != settings:
-            diff = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
-            raise ValueError(f"optuna: state was saved with different settings ({', '.join(diff)})")
+        self._check_state(state)
         self._reset_live()
-        self._next_token = int(state["next_token"])
-        self.history = copy.deepcopy(state["history"])
+        self._load_ledger(state)
         self._outstanding = {int(e["token"]): {"config": dict(e["config"]), "number": None,
                                                "params": e["params"], "distributions": e["distributions"],
                                                "origin": e.get("origin")}

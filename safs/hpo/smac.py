@@ -69,7 +69,10 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safs.hpo.backends import finite_score, plain, space_digest
+from safs.hpo.backends import space_digest
+from safs.hpo.base import TokenLedger
+from safs.io import plain
+from safs.search.base import finite_score
 
 if TYPE_CHECKING:  # pragma: no cover
     from ConfigSpace import ConfigurationSpace
@@ -99,11 +102,7 @@ def smac_origin(label: str | None) -> str:
     return "random"
 
 
-def plain_config(config: Any) -> dict[str, Any]:
-    return {name: plain(value) for name, value in dict(config).items()}
-
-
-class SMACOptimizer:
+class SMACOptimizer(TokenLedger):
     """SMAC 2 over a ConfigSpace ``ConfigurationSpace`` (conditions allowed).
 
     - ``facade="hpo"``: ``HyperparameterOptimizationFacade`` (random forest, EI, Sobol
@@ -128,7 +127,6 @@ class SMACOptimizer:
     """
 
     name = "smac"
-    payload = "config"  # the Tune bridge hands trials {"candidate": {"token": ..., "config": ...}}
 
     def __init__(self, configspace: ConfigurationSpace, seed: int, *, n_trials: int = 20, facade: str = "hpo",
                  n_init: int | None = None, min_budget: float | None = None, max_budget: float | None = None,
@@ -173,9 +171,7 @@ class SMACOptimizer:
         self.eta = int(eta)
         self.retrain_after = int(retrain_after)
         self.workdir = None if workdir is None else str(workdir)
-        self.history: list[dict[str, Any]] = []
-        self._next_token = 0
-        self._outstanding: dict[int, dict[str, Any]] = {}  # token -> {config, budget, seed, instance}
+        self._open_ledger()  # outstanding: token -> {config, budget, seed, instance, origin}
         self._exhausted = False  # SMAC found nothing new to propose
         self._snapshot: dict[str, str] | None = None  # SMAC files to restore at the next build
         self._reset_live()
@@ -198,9 +194,8 @@ class SMACOptimizer:
         except (StopIteration, ConfigurationSpaceExhaustedException):
             self._exhausted = True  # the trial generator is finished for good
             return None
-        token = self._next_token
-        self._next_token += 1
-        config = plain_config(info.config)
+        token = self._take_token()
+        config = plain(info.config)
         budget = None if info.budget is None else float(info.budget)
         self._outstanding[token] = {"config": config, "budget": budget, "seed": info.seed,
                                     "instance": info.instance, "origin": self._origin_of(config, info)}
@@ -213,11 +208,8 @@ class SMACOptimizer:
     def tell(self, token: int, score: float | None) -> None:
         """Report a trial's score (maximised); ``None``/NaN/inf = failed. Unknown or already
         told tokens are ignored."""
-        try:
-            token = int(token)
-        except (TypeError, ValueError):
-            return
-        if token not in self._outstanding:
+        token = self._pending(token)
+        if token is None:
             return
         smac = self._facade()
         from smac.runhistory.dataclasses import TrialValue
@@ -230,50 +222,12 @@ class SMACOptimizer:
             smac.tell(info, TrialValue(cost=self.failed_cost(), status=StatusType.CRASHED), save=False)
         else:
             smac.tell(info, TrialValue(cost=1.0 - value), save=False)
-        del self._outstanding[token]
+        self._told(token, value)
         self._infos.pop(token, None)
-        self.history.append({"token": token, "config": dict(entry["config"]), "score": value,
-                             "budget": entry["budget"], "origin": entry.get("origin")})
-
-    def origin(self, token: int) -> str | None:
-        """Where an asked token's configuration came from (see ``smac_origin``); ``None`` for a
-        token never asked (or asked by a state saved before origins were kept)."""
-        entry = self._outstanding.get(token) or next((r for r in self.history if r["token"] == token), None)
-        return None if entry is None else entry.get("origin")
 
     def done(self) -> bool:
         """All trials asked (or SMAC exhausted) and told."""
         return not self._outstanding and (self._next_token >= self.n_trials or self._exhausted)
-
-    def best(self) -> tuple[dict[str, Any], float] | None:
-        """Best told configuration and its score; with budgets, the best at the highest budget
-        any successful trial reached. Failures never count; ties go to the first told."""
-        ok = [r for r in self.history if r["score"] is not None]
-        if not ok:
-            return None
-        budgets = [r["budget"] for r in ok if r["budget"] is not None]
-        if budgets:
-            top = max(budgets)
-            ok = [r for r in ok if r["budget"] == top]
-        best = max(ok, key=lambda r: r["score"])  # max keeps the first of equal scores
-        config = dict(best["config"])
-        if best["budget"] is not None:
-            config["budget"] = best["budget"]
-        return config, best["score"]
-
-    def outstanding(self) -> dict[int, dict[str, Any]]:
-        """Asked, not yet told (with ``budget`` for the multi-fidelity facade)."""
-        out = {}
-        for token, entry in self._outstanding.items():
-            config = dict(entry["config"])
-            if entry["budget"] is not None:
-                config["budget"] = entry["budget"]
-            out[token] = config
-        return out
-
-    def max_parallel(self) -> int | None:
-        """SMAC proposes one at a time but accepts any number of pending trials."""
-        return None
 
     def failed_cost(self) -> float:
         costs = [1.0 - r["score"] for r in self.history if r["score"] is not None]
@@ -291,12 +245,9 @@ class SMACOptimizer:
         else:
             files = copy.deepcopy(self._snapshot)
         return {
-            "backend": self.name,
-            "settings": self._settings(),
-            "next_token": self._next_token,
+            **self._ledger_state(),
             "exhausted": self._exhausted,
             "outstanding": [{"token": token, **copy.deepcopy(entry)} for token, entry in self._outstanding.items()],
-            "history": copy.deepcopy(self.history),
             "smac_files": files,
         }
 
@@ -305,15 +256,9 @@ class SMACOptimizer:
 
         Told trials stay told (SMAC does not propose them again), outstanding tokens can
         still be told, and asks continue up to ``n_trials`` in all."""
-        if state.get("backend") != self.name:
-            raise ValueError(f"state is for HPO backend {state.get('backend')!r}, not {self.name!r}")
-        settings = self._settings()
-        if state.get("settings") != settings:
-            diff = sorted(k for k in set(settings) | set(state.get("settings") or {})
-                          if settings.get(k) != (state.get("settings") or {}).get(k))
-            raise ValueError(f"smac: state was saved with different settings ({', '.join(diff)})")
+        self._check_state(state)
         self._close()
-        self._next_token = int(state["next_token"])
+        self._load_ledger(state)
         self._exhausted = bool(state["exhausted"])
         self._outstanding = {}
         for entry in state["outstanding"]:
@@ -322,7 +267,6 @@ class SMACOptimizer:
             self._outstanding[token] = {"config": dict(entry["config"]), "budget": entry["budget"],
                                         "seed": entry["seed"], "instance": entry["instance"],
                                         "origin": entry.get("origin")}
-        self.history = copy.deepcopy(state["history"])
         self._snapshot = copy.deepcopy(state["smac_files"])
         if self._snapshot:
             self._facade()  # rebuild now: a bad snapshot fails here, not in the middle of a run
@@ -474,7 +418,7 @@ class SMACOptimizer:
 def _same_trial(info: Any, entry: dict[str, Any]) -> bool:
     budget = None if info.budget is None else float(info.budget)
     return (budget == entry["budget"] and info.seed == entry["seed"] and info.instance == entry["instance"]
-            and plain_config(info.config) == entry["config"])
+            and plain(info.config) == entry["config"])
 
 
 def _default_first(design: Any, configspace: Any) -> Any:

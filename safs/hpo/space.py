@@ -36,6 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+from safs.io import deep_merge, plain
 from safs.resources import data_dir
 from safs.settings import TrainingSettings
 
@@ -87,7 +88,7 @@ def paper_settings(key: str) -> dict:
     """The full TrainingSettings dump of a :data:`PAPER_DEFAULTS` entry (``"lenet5/mnist"``)."""
     if key not in PAPER_DEFAULTS:
         raise ValueError(f"unknown model/dataset '{key}'; accepted: {', '.join(PAPER_DEFAULTS)}")
-    return TrainingSettings.model_validate(_merge(TrainingSettings().model_dump(), PAPER_DEFAULTS[key])).model_dump()
+    return TrainingSettings.model_validate(deep_merge(TrainingSettings().model_dump(), PAPER_DEFAULTS[key])).model_dump()
 
 
 # --------------------------------------------------------------------------- targets
@@ -204,7 +205,7 @@ def _check_hyperparameter(src: str, hp) -> None:
     else:
         probes = values
     for v in probes:
-        problem = _value_problem(target, _native(v))
+        problem = _value_problem(target, plain(v))
         if problem:
             raise ValueError(f"{where}: {problem}")
     implies = meta.get("implies")
@@ -256,7 +257,7 @@ def with_defaults(cs, settings: Mapping[str, Any]):
         found, value = _get(settings, _target(hp))
         if not found or "default_value" not in entry:  # constants have no default to move
             continue
-        value = _native(value)
+        value = plain(value)
         try:
             legal = bool(hp.legal_value(value))
         except (TypeError, ValueError):
@@ -297,14 +298,14 @@ def to_training_settings(settings: Mapping[str, Any], config: Mapping[str, Any],
         cs = getattr(config, "config_space", None)
         if cs is None:
             raise TypeError("to_training_settings: pass the configuration space (cs) with a plain dict config")
-    values = {k: _native(v) for k, v in dict(config).items()}
+    values = {k: plain(v) for k, v in dict(config).items()}
     implied: dict[str, Any] = {}
     direct: dict[str, tuple[str, Any]] = {}
     for hp in cs.values():
         if hp.name in values:
             value = values[hp.name]
         elif isinstance(hp, CS.Constant) and not cs.parents_of[hp.name]:
-            value = _native(hp.value)  # an unconditional constant
+            value = plain(hp.value)  # an unconditional constant
         else:
             continue
         target = _target(hp)
@@ -334,11 +335,6 @@ def to_training_settings(settings: Mapping[str, Any], config: Mapping[str, Any],
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _native(v: Any) -> Any:
-    """numpy scalars (ConfigSpace samples) as Python values."""
-    return v.item() if hasattr(v, "item") and not isinstance(v, (list, tuple, dict)) else v
-
 
 def _same(a: Any, b: Any) -> bool:
     """Equal values of the same kind (``True`` is not ``1``; ``1`` is ``1.0``)."""
@@ -384,13 +380,6 @@ def _set(settings: dict, target: str, value: Any) -> None:
         node[part] = child = dict(child) if isinstance(child, Mapping) else {}
         node = child
     node[leaf] = value
-
-
-def _merge(base: dict, override: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def trial_settings(st: dict, config: dict) -> dict:

@@ -1,8 +1,11 @@
 """Model registry.
 
-The names, default activations and descriptions of the built-in models are a plain
-table here so that listing them (``safs list models``, config validation) does not
-import torch; a builder's module is imported only when the model is first built.
+A model is its builder, decorated with ``@register_model(name, default_activation,
+description)``: the decorator is the one place that names and describes it. The built-in
+builders live in the modules of :data:`BUILTIN_MODULES`. Listing them (``safs list models``,
+config validation) reads their decorators from the modules' source, which does not import
+torch; a builder's module is imported only when the model is first built, and its decorator
+then registers the builder itself.
 
 Builders have the signature
 ``builder(num_classes, input_shape, activation, **options) -> nn.Module``, where
@@ -15,10 +18,13 @@ and are not entries of :data:`MODELS`.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is only needed when a model is actually built
@@ -50,32 +56,62 @@ class ModelSpec:
     builder: Builder | None = None
 
 
-# name -> (module defining the builder, default activation, description)
-_BUILTIN: dict[str, tuple[str, str, str]] = {
-    "lenet5": ("safs.models.lenet", "relu", "LeNet-5 (2 conv + 3 fc, no BN), any input size"),
-    "vgg11": ("safs.models.vgg", "relu", "VGG-11 with BN, CIFAR style (one linear classifier)"),
-    "vgg16": ("safs.models.vgg", "relu", "VGG-16 with BN, CIFAR style (one linear classifier)"),
-    "resnet18": (
-        "safs.models.resnet",
-        "relu",
-        "ResNet-18, CIFAR stem; option safs_shortcut: activation on the shortcut (SAFS variant)",
-    ),
-    "efficientnet_b0": (
-        "safs.models.efficientnet",
-        "swish",
-        "EfficientNet-B0 for small inputs (stride-1 stem, SE on block output)",
-    ),
-}
+#: The modules whose ``@register_model`` builders are the built-in models, in listing order.
+BUILTIN_MODULES = (
+    "safs.models.lenet",
+    "safs.models.vgg",
+    "safs.models.resnet",
+    "safs.models.efficientnet",
+)
+
+
+def declared_models(module: str) -> list[ModelSpec] | None:
+    """The models ``module``'s ``@register_model(...)`` decorators declare, read from its
+    source without importing it; ``None`` where a decorator's arguments are not literals
+    (then only importing the module tells)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), spec.origin)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for deco in node.decorator_list:
+            func = deco.func if isinstance(deco, ast.Call) else None
+            if getattr(func, "id", getattr(func, "attr", None)) != "register_model":
+                continue
+            try:
+                args = [ast.literal_eval(a) for a in deco.args]
+                kwargs = {k.arg: ast.literal_eval(k.value) for k in deco.keywords}
+                bound = inspect.signature(register_model).bind(*args, **kwargs)
+            except (ValueError, TypeError, SyntaxError):
+                return None
+            bound.apply_defaults()
+            a = bound.arguments
+            found.append(ModelSpec(a["name"], a["default_activation"], a["description"], module))
+    return found
 
 
 class _ModelRegistry(Mapping[str, Builder]):
     """name -> builder; looking a built-in name up imports its module on first use."""
 
     def __init__(self) -> None:
-        self.specs: dict[str, ModelSpec] = {
-            name: ModelSpec(name, act, desc, module)
-            for name, (module, act, desc) in _BUILTIN.items()
-        }
+        self._specs: dict[str, ModelSpec] = {}
+        self._declared = False
+
+    @property
+    def specs(self) -> dict[str, ModelSpec]:
+        """Every registered model, the built-in ones first (declared, not yet imported)."""
+        if not self._declared:  # first use (a decorator's included): the built-in models
+            self._declared = True
+            for module in BUILTIN_MODULES:
+                declared = declared_models(module)
+                if declared is None:
+                    importlib.import_module(module)  # its decorators register here
+                else:
+                    self._specs.update((s.name, s) for s in declared)
+        return self._specs
 
     def spec(self, name: str) -> ModelSpec:
         try:

@@ -101,8 +101,8 @@ def neighbour(space: GenomeSpace, genome: Genome, rng: random.Random) -> Genome:
 
 def finite_score(score: Any) -> float | None:
     """A reported score as a float; ``None`` when it means the trial failed (``None``,
-    non-numbers, NaN, ±inf). The one rule for what counts as a score."""
-    if score is None:
+    non-numbers, a bool, NaN, ±inf). The one rule for what counts as a score."""
+    if score is None or isinstance(score, bool):  # True is no accuracy of 1.0
         return None
     try:
         value = float(score)

@@ -56,3 +56,27 @@ def method_class(name: str):
 def create_method(name: str, target: float, options: dict | None = None):
     """One method instance per trial."""
     return method_class(name)(target=target, **(options or {}))
+
+
+def _transforms() -> list[str]:
+    return [name for name in list_methods() if method_protocol(name) == "architecture"]
+
+
+def architecture(model) -> dict | None:
+    """The architecture transform ``model`` went through, as ``model.pt`` records it (``None``:
+    none), asked of each ``architecture`` method: a stage that runs another method, or none,
+    still keeps the transform an earlier stage applied."""
+    for name in _transforms():
+        record = method_class(name).architecture(model)
+        if record is not None:
+            return record
+    return None
+
+
+def rebuild(model, record: dict) -> None:
+    """Replay a recorded transform on a freshly built model, through the method it names."""
+    name = record.get("transform")
+    if name not in _transforms():
+        raise ValueError(f"unknown architecture transform {name!r} (version {record.get('version')!r}); "
+                         f"this safs knows {', '.join(repr(n) for n in _transforms())}")
+    method_class(name).rebuild(model, record)

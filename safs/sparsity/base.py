@@ -17,7 +17,10 @@ Each method declares its ``protocol`` (the registry in ``safs.sparsity`` holds t
 value, so a pipeline is checked without importing torch): ``one_shot`` methods prune in a
 prune stage and keep the masks fixed afterwards; ``during_training`` methods sparsify in a
 train stage with ``sparse: true``, from the dense model, and fine-tune a model that arrives
-already sparse with its masks fixed; ``architecture`` methods transform the network.
+already sparse with its masks fixed; ``architecture`` methods transform the network, and
+record the transform for ``model.pt`` (``architecture(model)``) so that a loader can replay it
+on a freshly built model (``rebuild(model, record)``); ``safs.sparsity.architecture``/``rebuild``
+ask them by name, so the model file knows no method.
 
 Options shared by the mask-based methods (each method lists the ones it accepts):
 
@@ -93,6 +96,19 @@ class SparseMethod:
     # Defaults for methods that do not take these options: nothing excluded, one uniform target.
     exclude: tuple[str, ...] = ()
     layer_targets: Mapping[str, float] = MappingProxyType({})
+
+    @classmethod
+    def architecture(cls, model: nn.Module) -> dict | None:
+        """The transform this method applied to ``model``'s architecture, as ``model.pt``
+        records it: plain data (loadable with ``weights_only=True``) whose ``"transform"`` is
+        the method's registry name; ``None`` when it applied none (every method but an
+        ``architecture`` one)."""
+        return None
+
+    @classmethod
+    def rebuild(cls, model: nn.Module, record: dict) -> None:
+        """Replay the transform ``record`` (from :meth:`architecture`) on a freshly built model."""
+        raise ValueError(f"method '{cls.name}' transforms no architecture")
 
     def __init__(self, target: float, **options: Any):
         if options:

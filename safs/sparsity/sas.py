@@ -91,7 +91,7 @@ from safs.sparsity.base import SparseMethod
 from safs.sparsity.masks import MASK
 
 SUPPORTED = "lenet5, vgg11, vgg16, resnet18 (both shortcut variants)"
-TRANSFORM = "sas"
+TRANSFORM = "sas"  # the method's registry name: model.pt's record is rebuilt through it
 ARCH_VERSION = 1
 SHORTCUT_RELU = "sas_relu"  # name of the ReLU put on an identity shortcut
 
@@ -312,6 +312,14 @@ class StructuredActivationSparsification(SparseMethod):
     control = "fixed"
     protocol = "architecture"
     changes_architecture = True
+
+    @classmethod
+    def architecture(cls, model: nn.Module) -> dict | None:
+        return architecture(model)
+
+    @classmethod
+    def rebuild(cls, model: nn.Module, record: dict) -> None:
+        rebuild(model, record)
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """The layers SAS converts (after ``attach``: the converted ones)."""

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from ray.tune.search import Searcher
 
+from safs.io import plain, write_json
 from safs.search.base import AskTellOptimizer, finite_score
 
 STATE_VERSION = 2
@@ -87,7 +88,7 @@ class AskTellSearcher(Searcher):
             return None
         token, value = out
         # Genome optimizers propose a genome, HPO backends a configuration.
-        candidate = {"token": token, getattr(self.optimizer, "payload", "genome"): _plain(value)}
+        candidate = {"token": token, getattr(self.optimizer, "payload", "genome"): plain(dict(value))}
         origin = _origin(self.optimizer, token)
         if origin is not None:  # unlabelled proposals keep the candidate as it always was
             candidate["origin"] = origin
@@ -156,17 +157,10 @@ class AskTellSearcher(Searcher):
             self.save(str(self.state_path))
 
     def save(self, checkpoint_path: str) -> None:
-        tmp = Path(f"{checkpoint_path}.tmp")
-        tmp.write_text(json.dumps(self.get_state()))
-        tmp.replace(checkpoint_path)
+        write_json(Path(checkpoint_path), self.get_state())
 
     def restore(self, checkpoint_path: str) -> None:
         self.set_state(json.loads(Path(checkpoint_path).read_text()))
-
-
-def _plain(value) -> dict:
-    """numpy scalars (ConfigSpace values) as Python ones, so the candidate is JSON."""
-    return {k: v.item() if hasattr(v, "item") else v for k, v in dict(value).items()}
 
 
 def _origin(optimizer: AskTellOptimizer, token: int) -> str | None:

@@ -169,6 +169,7 @@ def test_ga_with_any_concurrency_gives_the_same_candidates(max_concurrent):
     pytest.param(dict(result={"score": float("nan")}), id="nan"),
     pytest.param(dict(result={"score": float("inf")}), id="inf"),
     pytest.param(dict(result={"score": "high"}), id="not-a-number"),
+    pytest.param(dict(result={"score": True}), id="bool"),
     pytest.param(dict(result={"score": 0.99, "failed": "training loss is nan"}), id="failed"),
 ])
 def test_a_failed_trial_is_told_as_a_failure_and_the_search_goes_on(complete):
