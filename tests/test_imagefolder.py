@@ -240,13 +240,15 @@ def test_preflight_builds_the_model_for_the_folders_and_image_size(tmp_path):
     # a dataset without image_size keeps the hash it had before the field existed
     f.write_text(CONFIG.format(data="{name: digits}"))
     [digits] = plan(load_pipeline(f), tmp_path / "results")
-    from safs.plan import HASH_VERSION, digest
+    from safs.io import digest
+    from safs.plan import HASH_LENGTH, HASH_VERSION
 
     settings = {k: v for k, v in digits.spec["stage"].items() if k not in ("name", "label", "space", "max_concurrent",
                                                                           "input", "settings_from")}
     context = {"data": {"name": "digits", "split_seed": 0, "val_fraction": None, "test_fraction": None},
                "model": digits.spec["model"], "seed": 0}
-    assert digits.hash == digest({"v": HASH_VERSION, "settings": settings, "sparsity": None, "upstream": context})
+    assert digits.hash == digest({"v": HASH_VERSION, "settings": settings, "sparsity": None, "upstream": context},
+                                 length=HASH_LENGTH)
 
 
 SLOW_PIPELINE = """
