@@ -66,6 +66,9 @@ def test_best_candidate_is_the_top_finished_one_with_its_final_checkpoint(tmp_pa
     row, ckpt = best_candidate(df, tmp_path)
     assert row["token"] == 0 and ckpt == tmp_path / "tune/attempt-1/trial_a/checkpoint_000002"
     assert best_candidate(df[df.token == 2], tmp_path) is None
+    # a genome search has no configs; read back from parquet they can be NaN, not None
+    nan_configs = df.assign(config=float("nan"))
+    assert best_candidate(nan_configs, tmp_path)[0]["token"] == 0
 
 
 def test_attempts_are_ordered_by_number_not_name(tmp_path):

@@ -187,10 +187,11 @@ def trials_frame(stage_dir: Path, stage: dict, tokens: set[int] | None = None):
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
-def _budget(config: str | None) -> float:
+def _budget(config: str | float | None) -> float:
     """A candidate's multi-fidelity budget (its config's ``budget``); 0 when it has none, so
-    every candidate of a search without budgets ranks alike."""
-    if not config:
+    every candidate of a search without budgets ranks alike. A genome search has no config:
+    pandas holds its missing values as None or as NaN."""
+    if not isinstance(config, str) or not config:
         return 0.0
     budget = json.loads(config).get("budget")
     return 0.0 if budget is None else float(budget)
