@@ -68,7 +68,9 @@ def test_best_candidate_is_the_top_finished_one_with_its_final_checkpoint(tmp_pa
     assert best_candidate(df[df.token == 2], tmp_path) is None
     # a genome search has no configs; read back from parquet they can be NaN, not None
     nan_configs = df.assign(config=float("nan"))
-    assert best_candidate(nan_configs, tmp_path)[0]["token"] == 0
+    best = best_candidate(nan_configs, tmp_path)[0]
+    assert best["token"] == 0 and best["config"] is None
+    assert best_candidate(df.assign(genome=float("nan")), tmp_path)[0]["genome"] is None
 
 
 def test_attempts_are_ordered_by_number_not_name(tmp_path):

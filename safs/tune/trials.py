@@ -218,5 +218,7 @@ def best_candidate(frame, stage_dir: Path) -> tuple[dict, Path] | None:
     for row in done.drop(columns="_budget").to_dict("records"):
         ckpt = final_checkpoint(stage_dir, row["trial_id"])
         if ckpt is not None:
+            # a candidate has a genome or a config; pandas may hold the missing one as NaN
+            row.update({k: None for k in ("genome", "config") if not isinstance(row.get(k), str)})
             return row, ckpt
     return None
