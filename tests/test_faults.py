@@ -103,4 +103,5 @@ def test_sigterm_stops_cleanly_and_the_same_command_continues(tmp_path):
     assert rec["status"] == "done" and rec["attempts"] == 2 and rec["resumed_from_epoch"] >= 3
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 11))
     [stage] = list(run_dir.glob("03-retrain-*"))
-    assert sorted(d.name for d in (stage / "tune").iterdir()) == ["attempt-1", "attempt-2"]
+    h = stage.name.rsplit("-", 1)[1]
+    assert sorted(d.name for d in (stage / "tune").iterdir()) == [f"attempt-1-{h}", f"attempt-2-{h}"]

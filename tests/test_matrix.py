@@ -92,7 +92,12 @@ def test_sweep_runs_every_cell_training_shared_stages_once(tmp_path):
     run_dir = tmp_path / "r" / "sweep"
     for dense in run_dir.glob("01-dense-*"):  # trained once: one attempt, one Tune experiment
         assert json.loads((dense / "stage.json").read_text())["attempts"] == 1
-        assert [d.name for d in (dense / "tune").iterdir()] == ["attempt-1"]
+        assert [d.name for d in (dense / "tune").iterdir()] == [f"attempt-1-{dense.name.rsplit('-', 1)[1]}"]
+    # Cells ran side by side on one Ray: every stage directory holds its own trials only
+    # (Tune stages an experiment's files by its name and start second: same-named attempts collided).
+    for params in run_dir.glob("*/tune/*/trial_*/params.json"):
+        stage_dir = params.parents[3]
+        assert json.loads(params.read_text())["spec"]["hash"] == stage_dir.name.rsplit("-", 1)[1], params
     assert len(list(run_dir.glob("01-dense-*/stage.json"))) == 2
     assert len(list(run_dir.glob("03-retrain-*/stage.json"))) == 4
     for retrain in run_dir.glob("03-retrain-*"):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
+from safs.tune.trials import attempt_dirs, attempt_number
 from conftest import by_stage, kill_ray_leftovers, records
 
 EPOCHS = 3  # epochs_per_candidate
@@ -156,7 +157,8 @@ def test_sigkill_during_a_search_resumes_without_retraining_finished_candidates(
 
     # The stopped stage continued as a second Tune experiment; trials of the first are untouched.
     tune_dir = r["search_dir"] / "tune"
-    assert sorted(d.name for d in tune_dir.iterdir()) == ["attempt-1", "attempt-2"]
+    assert [attempt_number(d.name) for d in attempt_dirs(r["search_dir"])] == [1, 2]
+    assert sorted(d.name for d in tune_dir.iterdir()) == [d.name for d in attempt_dirs(r["search_dir"])]
     trials = {}  # token -> its trial directories, oldest first
     for d in sorted(tune_dir.glob("*/trial_*")):
         token = json.loads((d / "params.json").read_text())["candidate"]["token"]
@@ -164,7 +166,7 @@ def test_sigkill_during_a_search_resumes_without_retraining_finished_candidates(
     assert sorted(trials) == list(range(SAMPLES))
     for name, text in r["finished"].items():  # finished before the kill: never trained again
         d = r["search_dir"] / name
-        assert d.parent.name == "attempt-1"
+        assert attempt_number(d.parent.name) == 1
         assert (d / "result.json").read_text() == text, f"{name} reported again after the resume"
         token = json.loads((d / "params.json").read_text())["candidate"]["token"]
         assert trials[token] == [d], f"candidate {token} got a second trial"
@@ -174,7 +176,7 @@ def test_sigkill_during_a_search_resumes_without_retraining_finished_candidates(
         assert len(ds) <= 2 and df.set_index("token").loc[token, "trial_id"] == ds[-1].name.removeprefix("trial_")
         assert result_lines(ds[-1])[-1]["epoch"] == EPOCHS
     for token, (first, second) in rerun.items():  # running at the kill: continued, not restarted
-        assert first.parent.name == "attempt-1" and second.parent.name == "attempt-2"
+        assert attempt_number(first.parent.name) == 1 and attempt_number(second.parent.name) == 2
         done_before = [x["epoch"] for x in result_lines(first)]
         # (a kill can cut the report of an epoch whose checkpoint was written: then it starts later)
         assert result_lines(second)[0]["epoch"] >= max(done_before, default=0) + 1, token

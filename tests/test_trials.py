@@ -133,3 +133,24 @@ def test_multi_fidelity_best_is_ranked_at_the_highest_budget_first(tmp_path):
     for d in (tmp_path / "tune/attempt-1").glob("trial_[bc]/checkpoint_*"):
         (d / "model.pt").unlink()
     assert best_candidate(df, tmp_path)[0]["token"] == 3
+
+
+def test_attempts_are_numbered_and_named_by_their_stage(tmp_path):
+    from safs.plan import plan
+    from safs.config import parse_pipeline
+    from safs.tune.experiment import _next_attempt
+    from safs.tune.trials import attempt_number
+
+    import yaml
+
+    cfg = parse_pipeline(yaml.safe_load(
+        "name: a\ndata: {name: digits}\nmodel: {name: lenet5}\nstages:\n"
+        "  - {name: one, kind: train, epochs: 1}\n  - {name: two, kind: train, epochs: 1}\n"))
+    one, two = plan(cfg, tmp_path)
+    # unique per stage: two stages starting in the same second on one Ray must not share Tune's staging
+    assert _next_attempt(one) == f"attempt-1-{one.hash}" != _next_attempt(two)
+    (one.dir / "tune" / f"attempt-1-{one.hash}").mkdir(parents=True)
+    (one.dir / "tune" / "attempt-9").mkdir()  # written before the hash joined the name
+    (one.dir / "tune" / "attempt-x").mkdir()  # not an attempt
+    assert _next_attempt(one) == f"attempt-10-{one.hash}"
+    assert [attempt_number(n) for n in ("attempt-3", f"attempt-3-{one.hash}", "attempt-", "other")] == [3, 3, None, None]

@@ -1,6 +1,6 @@
 """Ray glue: start or join Ray, run each stage as Tune experiments, continue stopped ones.
 
-Each run of a stage is a fresh Tune experiment, ``<stage dir>/tune/attempt-N``. A stage that
+Each run of a stage is a fresh Tune experiment, ``<stage dir>/tune/attempt-N-<hash>``. A stage that
 was stopped (SIGINT, SIGTERM, ``ray job stop``, SIGKILL of the driver) continues in the next
 attempt from files safs wrote itself: a training trial from its newest loadable epoch
 checkpoint (``torch.load(weights_only=True)``), a search from the searcher's JSON state, its
@@ -140,10 +140,17 @@ def _tracking_callbacks(stage: StagePlan, spec: dict) -> list:
 
 
 def _next_attempt(stage: StagePlan) -> str:
-    from safs.tune.trials import attempt_dirs
+    """The Tune experiment name of the stage's next attempt: ``attempt-N-<stage hash>``.
+
+    The name must be unique within the Ray session: Tune stages an experiment's files on the
+    driver under ``<session>/artifacts/<start time, in seconds>/<name>/`` and syncs that
+    directory to the storage path. Two stages named alike that start in the same second (two
+    matrix cells in parallel on one Ray) would share it, and each stage directory would
+    receive the other's trials."""
+    from safs.tune.trials import attempt_dirs, attempt_number
 
     done = attempt_dirs(stage.dir)
-    return f"attempt-{int(done[-1].name.rsplit('-', 1)[-1]) + 1 if done else 1}"
+    return f"attempt-{attempt_number(done[-1].name) + 1 if done else 1}-{stage.hash}"
 
 
 def _trainable(spec: dict):

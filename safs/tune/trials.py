@@ -19,6 +19,7 @@ Only JSON is read (``params.json``, ``result.json``, ``error.txt``): nothing is 
 from __future__ import annotations
 
 import json
+import re
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +47,20 @@ class TrialRun:
         return self.results[-1] if self.results else {}
 
 
+_ATTEMPT = re.compile(r"attempt-(\d+)(?:-[0-9a-f]+)?")
+
+
+def attempt_number(name: str) -> int | None:
+    """N of a Tune experiment directory ``attempt-N-<stage hash>`` (or ``attempt-N``, as
+    stages written before the hash joined the name are); None for anything else."""
+    m = _ATTEMPT.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def attempt_dirs(stage_dir: Path) -> list[Path]:
-    """The stage's Tune experiments (``tune/attempt-N``), oldest first."""
-    dirs = [d for d in (Path(stage_dir) / "tune").glob("attempt-*") if d.is_dir()]
-    return sorted(dirs, key=lambda d: int(d.name.rsplit("-", 1)[-1]))
+    """The stage's Tune experiments (``tune/attempt-N-<hash>``), oldest first."""
+    dirs = [d for d in (Path(stage_dir) / "tune").glob("attempt-*") if d.is_dir() and attempt_number(d.name)]
+    return sorted(dirs, key=lambda d: attempt_number(d.name))
 
 
 def trial_dirs(stage_dir: Path, trial_ids: list[str] | None = None) -> list[Path]:
