@@ -10,6 +10,12 @@ What a reader of the results needs, for re-deriving any row from the saved files
 * ``safs.load_results(*paths)``: every results row, a pandas DataFrame;
 * ``safs.load_model(path)``: the network of a stage directory or ``model.pt``;
 * ``safs.load_dataset(name, ...)``: the train/val/test splits the stages use.
+
+Plugins: installed packages extend the registries through entry points (``docs/plugins.md``);
+a script or notebook registers in-process with the decorators ``safs.register_model(name)``,
+``safs.register_dataset(name, num_classes=..., input_shape=...)``, ``safs.register_method(name)``,
+``safs.register_algorithm(name)`` and ``safs.register_operator(name)``, whose entries also
+reach the Ray workers of the stages ``safs.run`` starts.
 """
 
 __version__ = "0.1.0"
@@ -98,3 +104,42 @@ def load_dataset(name, data_dir=None, *, seed=0, val_fraction=None, test_fractio
 
     return _load(name, data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                  image_size=image_size)
+
+
+def register_model(name, default_activation="relu", description=""):
+    """Decorator registering a model builder ``(num_classes, input_shape, activation, **options)
+    -> nn.Module`` under ``name``, for this process and the trials it runs."""
+    from safs.plugins import register
+
+    return register("models", name, default_activation=default_activation, description=description)
+
+
+def register_dataset(name, *, num_classes=None, input_shape=None, description=""):
+    """Decorator registering a dataset loader ``(data_dir, *, seed, val_fraction, test_fraction)
+    -> safs.data.Dataset`` under ``name``; ``num_classes`` and ``input_shape`` (C, H, W) default
+    to the loader's attributes of those names."""
+    from safs.plugins import register
+
+    return register("datasets", name, num_classes=num_classes, input_shape=input_shape, description=description)
+
+
+def register_method(name):
+    """Decorator registering a ``safs.sparsity.base.SparseMethod`` subclass under ``name``."""
+    from safs.plugins import register
+
+    return register("methods", name)
+
+
+def register_algorithm(name):
+    """Decorator registering a ``safs.search.AskTellOptimizer`` subclass under ``name``."""
+    from safs.plugins import register
+
+    return register("algorithms", name)
+
+
+def register_operator(name):
+    """Decorator registering an activation operator factory (an ``nn.Module`` class whose
+    ``forward(x, alpha, beta)`` applies the slot's scales, or a zero-argument callable) under ``name``."""
+    from safs.plugins import register
+
+    return register("operators", name)

@@ -220,7 +220,7 @@ def status(target: Path, overrides, results: Path):
 @main.command("list")
 @click.argument("what", type=click.Choice(["models", "datasets", "methods", "activations", "algorithms", "spaces"]))
 def list_(what: str):
-    """List what the registries hold."""
+    """List what the registries hold (a plugin's entry: its name and distribution)."""
     if what == "models":
         from safs.models import TORCHVISION_INFO, list_models, model_info
 
@@ -233,14 +233,18 @@ def list_(what: str):
         for n in list_datasets():
             click.echo(dataset_info(n))
     elif what == "methods":
-        from safs.sparsity import list_methods, method_info, method_protocol
+        from safs.sparsity import list_methods, method_info, method_protocol, plugin_dist
 
         for n in list_methods():  # the protocol says which stage runs it: prune, or train with sparse: true
-            click.echo(f"{n:<14} {method_protocol(n):<16} {method_info(n)}")
+            dist = plugin_dist(n)  # listing loads no plugin
+            click.echo(f"{n:<14} (plugin: {dist})" if dist else f"{n:<14} {method_protocol(n):<16} {method_info(n)}")
     elif what == "algorithms":
-        from safs.search import list_optimizers, optimizer_class, optimizer_options
+        from safs.search import list_optimizers, optimizer_class, optimizer_options, plugin_dist
 
         for n in list_optimizers():
+            if plugin_dist(n):
+                click.echo(f"{n:<7} (plugin: {plugin_dist(n)})")
+                continue
             doc = (optimizer_class(n).__doc__ or "").strip().splitlines()[0]
             opts = ", ".join(f"{k}={v!r}" for k, v in optimizer_options(n).items())
             click.echo(f"{n:<7} {doc}\n        options: {opts}")
@@ -251,9 +255,11 @@ def list_(what: str):
             choices = load_choices(SPACES_DIR / f"{n}.yaml")
             click.echo(f"{n:<8} {len(choices)} operators: {', '.join(choices)}")
     else:
-        from safs.activations import list_operators
+        from safs.activations import OPERATORS, list_operators
 
-        click.echo("\n".join(list_operators()))
+        plugins = OPERATORS.plugins()
+        for n in list_operators():
+            click.echo(f"{n:<14} (plugin: {plugins[n].dist})" if n in plugins else n)
 
 
 @main.command()

@@ -9,10 +9,15 @@ not on the operator, so switching operators keeps them; the operator owns only i
 Operators take the scales as arguments rather than always computing
 ``alpha * f(beta * x)`` because some formulas of the original SAFS code do not
 scale uniformly (``swish`` multiplies by the *unscaled* ``x``).
+
+Installed packages add operators through the ``safs.operators`` entry-point group: the entry
+point names a factory (an operator module class, or a zero-argument callable returning one),
+imported when the operator is first built (see :mod:`safs.plugins`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Callable, Union
 
 import torch
@@ -21,17 +26,59 @@ from torch import Tensor, nn
 
 OperatorFactory = Union[type[nn.Module], Callable[[], nn.Module]]
 
+class _Operators(Mapping[str, OperatorFactory]):
+    """name -> factory: the registered operators, then the plugins' (loaded on first use)."""
+
+    def __init__(self) -> None:
+        self.registered: dict[str, OperatorFactory] = {}
+        self._loaded: dict[str, OperatorFactory] = {}
+
+    def plugins(self) -> dict:
+        from safs.plugins import entries, provider
+
+        return entries("operators", {n: provider(f) for n, f in self.registered.items()})
+
+    def __getitem__(self, name: str) -> OperatorFactory:
+        if name in self.registered:
+            return self.registered[name]
+        if name not in self._loaded:
+            plugin = self.plugins()[name]  # KeyError, as a Mapping should
+            factory = plugin.load()
+            if not callable(factory):
+                from safs.plugins import PluginError
+
+                raise PluginError(f"activation operator '{name}': {plugin.provider} is not a factory")
+            self._loaded[name] = factory
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.registered or (isinstance(name, str) and name in self.plugins())
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.registered
+        yield from (n for n in self.plugins() if n not in self.registered)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 #: name -> zero-argument factory returning a fresh operator module.
-OPERATORS: dict[str, OperatorFactory] = {}
+OPERATORS = _Operators()
 
 
 def register_operator(name: str) -> Callable[[OperatorFactory], OperatorFactory]:
     """Decorator registering an operator factory (a module class or a callable)."""
 
     def decorator(factory: OperatorFactory) -> OperatorFactory:
-        if name in OPERATORS:
-            raise ValueError(f"activation operator '{name}' is already registered")
-        OPERATORS[name] = factory
+        from safs.plugins import clash, provider
+
+        if name in OPERATORS.registered:
+            raise clash("operators", name, provider(OPERATORS.registered[name]), provider(factory))
+        if not (factory.__module__ or "").startswith("safs."):  # a built-in is never a plugin's
+            plugins = OPERATORS.plugins()
+            if name in plugins:
+                raise clash("operators", name, plugins[name].provider, provider(factory))
+        OPERATORS.registered[name] = factory
         return factory
 
     return decorator

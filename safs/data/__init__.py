@@ -35,6 +35,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "normalise",
+    "register_dataset",
     "sized_datasets",
 ]
 
@@ -119,20 +120,85 @@ REGISTRY: dict[str, _Entry] = {
 }
 
 
+# Loaders registered in-process (``register_dataset``, their entries are in REGISTRY) and plugin
+# loaders already loaded, by name. A plugin (entry-point group ``safs.datasets``) names its
+# loader, with the signature of the built-in ones, ``loader(data_dir, *, seed, val_fraction,
+# test_fraction) -> Dataset``; the loader's ``num_classes`` and ``input_shape`` attributes (and
+# ``description``, else its docstring) are its entry, read when the dataset is first used.
+_LOADERS: dict[str, Callable[..., Dataset]] = {}
+_PLUGIN_ENTRIES: dict[str, _Entry] = {}
+
+
+def _plugins() -> dict:
+    from safs.plugins import BUILTIN, entries, provider
+
+    return entries("datasets", {n: provider(_LOADERS[n]) if n in _LOADERS else BUILTIN for n in REGISTRY})
+
+
+def _loader_entry(name: str, loader: Any, num_classes: Any, input_shape: Any, description: Any) -> _Entry:
+    shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else ()
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1 \
+            or len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise DataError(f"dataset '{name}': its loader must declare num_classes (a positive integer) and "
+                        f"input_shape (channels, height, width); got {num_classes!r}, {input_shape!r}")
+    if not description:
+        doc = (getattr(loader, "__doc__", None) or "").strip().splitlines()
+        description = doc[0] if doc else ""
+    return _Entry("", getattr(loader, "__name__", ""), str(description), num_classes, shape, False)  # type: ignore[arg-type]
+
+
+def register_dataset(name: str, *, num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None,
+                     description: str = "") -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Decorator registering a loader (the built-in loaders' signature, returning a
+    :class:`Dataset`) under ``name``; ``num_classes``/``input_shape`` default to the loader's
+    attributes of those names."""
+
+    def decorator(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        from safs.plugins import BUILTIN, clash, provider
+
+        plugins = _plugins()
+        if name in REGISTRY or name in plugins:
+            first = plugins[name].provider if name in plugins else \
+                provider(_LOADERS[name]) if name in _LOADERS else BUILTIN
+            raise clash("datasets", name, first, provider(loader))
+        REGISTRY[name] = _loader_entry(
+            name, loader, getattr(loader, "num_classes", None) if num_classes is None else num_classes,
+            getattr(loader, "input_shape", None) if input_shape is None else input_shape,
+            description or getattr(loader, "description", ""))
+        _LOADERS[name] = loader
+        return loader
+
+    return decorator
+
+
 def list_datasets() -> list[str]:
     """Sorted names accepted by ``load_dataset``."""
-    return sorted(REGISTRY)
+    return sorted({*REGISTRY, *_plugins()})
 
 
 def _entry(name: str) -> _Entry:
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise DataError(f"data.name: unknown dataset {name!r}; accepted: {', '.join(list_datasets())}") from None
+        pass
+    plugin = _plugins().get(name) if isinstance(name, str) else None
+    if plugin is None:
+        raise DataError(f"data.name: unknown dataset {name!r}; accepted: {', '.join(list_datasets())}")
+    if name not in _PLUGIN_ENTRIES:
+        loader = plugin.load()
+        _PLUGIN_ENTRIES[name] = _loader_entry(name, loader, getattr(loader, "num_classes", None),
+                                              getattr(loader, "input_shape", None), getattr(loader, "description", ""))
+        _LOADERS[name] = loader
+    return _PLUGIN_ENTRIES[name]
 
 
 def dataset_info(name: str) -> str:
-    """One-line description of a registered dataset (for ``safs list datasets``)."""
+    """One-line description of a registered dataset (for ``safs list datasets``); a plugin's is
+    its distribution's name (listing loads no plugin)."""
+    if name not in REGISTRY and name not in _PLUGIN_ENTRIES:
+        plugin = _plugins().get(name)
+        if plugin is not None:
+            return f"{name}: (plugin: {plugin.dist})"
     return f"{name}: {_entry(name).description}"
 
 
@@ -186,6 +252,8 @@ def load_dataset(
     """
     entry = _entry(name)
     _check_sized(name, entry, image_size)
+    if name in _LOADERS:
+        return _LOADERS[name](data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     module = importlib.import_module(f"{__name__}.{entry.module}")
     loader: Callable[..., Dataset] = getattr(module, entry.function)
     extra = {"image_size": image_size} if entry.sized else {}

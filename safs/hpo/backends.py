@@ -2,7 +2,9 @@
 
 Importing this module imports neither SMAC nor Optuna (listing backends and their options
 stays instant); a backend's module imports its library only when the optimizer first needs
-it. Options are read from each constructor's signature, so a new keyword argument is a new
+it. Installed packages add backends through the ``safs.hpo_backends`` entry-point group (the
+entry point's value is the backend class, ``module:Class``, imported when first used).
+Options are read from each constructor's signature, so a new keyword argument is a new
 option with nothing else to keep in sync. Option values are checked by the constructors,
 before any library work, with one-line ``ValueError``s.
 """
@@ -23,13 +25,22 @@ BACKENDS: dict[str, str] = {
 _NOT_OPTIONS = ("self", "configspace", "seed")
 
 
+def _plugins() -> dict:
+    from safs.plugins import entries
+
+    return entries("hpo_backends", list(BACKENDS))
+
+
 def list_backends() -> list[str]:
-    return sorted(BACKENDS)
+    return sorted({*BACKENDS, *_plugins()})
 
 
 def backend_class(name: str) -> type:
     if name not in BACKENDS:
-        raise ValueError(f"unknown HPO backend '{name}'; accepted: {', '.join(list_backends())}")
+        plugin = _plugins().get(name) if isinstance(name, str) else None
+        if plugin is None:
+            raise ValueError(f"unknown HPO backend '{name}'; accepted: {', '.join(list_backends())}")
+        return plugin.load()
     module, _, attr = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -12,6 +12,10 @@ Builders have the signature
 ``input_shape`` is ``(channels, height, width)`` and every option is a keyword-only
 parameter (that is how :func:`create_model` knows the accepted options).
 
+Installed packages add models through the ``safs.models`` entry-point group (see
+:mod:`safs.plugins`): the entry point names a builder, whose ``default_activation`` attribute
+(default ``"relu"``) and docstring describe it; it is imported when the model is first built.
+
 ``torchvision.<fn>`` names are handled by :mod:`safs.models.torchvision_models`
 and are not entries of :data:`MODELS`.
 """
@@ -54,6 +58,7 @@ class ModelSpec:
     description: str
     module: str | None = None  # where the builder registers itself (lazy import)
     builder: Builder | None = None
+    plugin: Any = None  # the safs.plugins.Plugin providing it, loaded on first use
 
 
 #: The modules whose ``@register_model`` builders are the built-in models, in listing order.
@@ -111,7 +116,25 @@ class _ModelRegistry(Mapping[str, Builder]):
                     importlib.import_module(module)  # its decorators register here
                 else:
                     self._specs.update((s.name, s) for s in declared)
+            from safs.plugins import BUILTIN, entries, provider
+
+            taken = {n: BUILTIN if s.builder is None else provider(s.builder) for n, s in self._specs.items()}
+            for name, plugin in entries("models", taken).items():
+                self._specs[name] = ModelSpec(name, "relu", "", plugin=plugin)
         return self._specs
+
+    def _load_plugin(self, spec: ModelSpec) -> ModelSpec:
+        if spec.plugin is not None and spec.builder is None:
+            builder = spec.plugin.load()
+            if not callable(builder):
+                from safs.plugins import PluginError
+
+                raise PluginError(f"model '{spec.name}': {spec.plugin.provider} is not a builder")
+            doc = (builder.__doc__ or "").strip().splitlines()
+            spec.builder = builder
+            spec.default_activation = getattr(builder, "default_activation", "relu")
+            spec.description = getattr(builder, "description", doc[0] if doc else "")
+        return spec
 
     def spec(self, name: str) -> ModelSpec:
         try:
@@ -122,7 +145,7 @@ class _ModelRegistry(Mapping[str, Builder]):
             ) from None
 
     def __getitem__(self, name: str) -> Builder:
-        spec = self.specs[name]  # KeyError, as a Mapping should
+        spec = self._load_plugin(self.specs[name])  # KeyError, as a Mapping should
         if spec.builder is None and spec.module is not None:
             importlib.import_module(spec.module)  # runs @register_model
             spec = self.specs[name]  # the decorator stored a new spec
@@ -150,7 +173,11 @@ def register_model(
     def decorator(builder: Builder) -> Builder:
         spec = MODELS.specs.get(name)
         if spec is not None and (spec.builder is not None or spec.module != builder.__module__):
-            raise ValueError(f"model '{name}' is already registered")
+            from safs.plugins import BUILTIN, clash, provider
+
+            first = (spec.plugin.provider if spec.plugin is not None
+                     else BUILTIN if spec.builder is None else provider(spec.builder))
+            raise clash("models", name, first, provider(builder))
         MODELS.specs[name] = ModelSpec(
             name, default_activation, description, builder.__module__, builder
         )
@@ -172,7 +199,7 @@ def default_activation(name: str) -> str:
     """
     if name.startswith(TORCHVISION_PREFIX):
         return NATIVE_ACTIVATION
-    return MODELS.spec(name).default_activation
+    return MODELS._load_plugin(MODELS.spec(name)).default_activation
 
 
 def model_info(name: str) -> str:
@@ -184,6 +211,8 @@ def model_info(name: str) -> str:
     if name.startswith(TORCHVISION_PREFIX):
         return TORCHVISION_INFO
     spec = MODELS.spec(name)
+    if spec.plugin is not None:
+        return f"{name:<22}(plugin: {spec.plugin.dist})"
     return f"{name:<22}activation: {spec.default_activation:<10} {spec.description}"
 
 
@@ -239,8 +268,9 @@ def create_model(
             **options,
         )
 
-    spec = MODELS.spec(name)  # ValueError "model.name: unknown model ..."
+    MODELS.spec(name)  # ValueError "model.name: unknown model ..."
     builder = MODELS[name]
+    spec = MODELS.spec(name)
     _check_activation(activation)
     accepted, any_option = _accepted_options(builder)
     if not any_option:

@@ -3,6 +3,10 @@
 Only the pure-Python algorithms are imported here, so listing and validating search options
 needs neither torch nor ray. Options are checked against each constructor's signature, so a
 new keyword argument is a new option with no second list to keep in sync.
+
+Installed packages add algorithms through the ``safs.algorithms`` entry-point group (an
+:class:`AskTellOptimizer` subclass, imported when its name is first used); a script adds them
+with ``register_algorithm`` (see :mod:`safs.plugins`).
 """
 
 from __future__ import annotations
@@ -26,14 +30,57 @@ OPTIMIZERS: dict[str, type[AskTellOptimizer]] = {
 _NOT_OPTIONS = ("self", "space", "seed")
 
 
+_LOADED: dict[str, type[AskTellOptimizer]] = {}  # plugin algorithms already loaded
+
+
+def _plugins() -> dict:
+    from safs.plugins import entries, provider
+
+    return entries("algorithms", {n: provider(c) for n, c in OPTIMIZERS.items()})
+
+
+def register_algorithm(name: str):
+    """Decorator registering an :class:`AskTellOptimizer` subclass under ``name``."""
+
+    def decorator(cls: type[AskTellOptimizer]) -> type[AskTellOptimizer]:
+        from safs.plugins import PluginError, clash, provider
+
+        plugins = _plugins()
+        if name in OPTIMIZERS or name in plugins:
+            first = provider(OPTIMIZERS[name]) if name in OPTIMIZERS else plugins[name].provider
+            raise clash("algorithms", name, first, provider(cls))
+        if not (isinstance(cls, type) and issubclass(cls, AskTellOptimizer)):
+            raise PluginError(f"search algorithm '{name}': {cls!r} is not an AskTellOptimizer subclass")
+        OPTIMIZERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def plugin_dist(name: str) -> str | None:
+    """The distribution providing algorithm ``name`` when a plugin does (``None``: it is not one)."""
+    plugin = None if name in OPTIMIZERS else _plugins().get(name)
+    return None if plugin is None else plugin.dist
+
+
 def list_optimizers() -> list[str]:
-    return sorted(OPTIMIZERS)
+    return sorted({*OPTIMIZERS, *_plugins()})
 
 
 def optimizer_class(name: str) -> type[AskTellOptimizer]:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown search algorithm '{name}'; accepted: {', '.join(list_optimizers())}")
-    return OPTIMIZERS[name]
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    if name not in _LOADED:
+        plugin = _plugins().get(name) if isinstance(name, str) else None
+        if plugin is None:
+            raise ValueError(f"unknown search algorithm '{name}'; accepted: {', '.join(list_optimizers())}")
+        cls = plugin.load()
+        if not (isinstance(cls, type) and issubclass(cls, AskTellOptimizer)):
+            from safs.plugins import PluginError
+
+            raise PluginError(f"search algorithm '{name}': {plugin.provider} is not an AskTellOptimizer subclass")
+        _LOADED[name] = cls
+    return _LOADED[name]
 
 
 def optimizer_options(name: str) -> dict[str, Any]:
@@ -66,4 +113,5 @@ __all__ = [
     "list_optimizers",
     "optimizer_class",
     "optimizer_options",
+    "register_algorithm",
 ]

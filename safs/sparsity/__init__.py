@@ -2,7 +2,10 @@
 
 The registry maps a method name to ``module:Class`` inside this package, so listing methods
 (and validating a pipeline) does not import torch. Plugins are never imported from arbitrary
-strings taken from a pipeline file.
+strings taken from a pipeline file: an installed package provides methods through the
+``safs.methods`` entry-point group (a :class:`~safs.sparsity.base.SparseMethod` subclass; its
+``protocol`` attribute is read from the class, loaded when the name is first used), a script
+with ``register_method`` (see :mod:`safs.plugins`).
 """
 
 from __future__ import annotations
@@ -33,22 +36,83 @@ _REGISTRY: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+# Methods registered in-process, and plugin methods already loaded: name -> class.
+_LOCAL: dict[str, type] = {}
+_LOADED: dict[str, type] = {}
+
+
+def _plugins() -> dict:
+    from safs.plugins import BUILTIN, entries, provider
+
+    return entries("methods", {**dict.fromkeys(_REGISTRY, BUILTIN), **{n: provider(c) for n, c in _LOCAL.items()}})
+
+
+def register_method(name: str):
+    """Decorator registering a :class:`~safs.sparsity.base.SparseMethod` subclass under ``name``."""
+
+    def decorator(cls: type) -> type:
+        from safs.plugins import BUILTIN, clash, provider
+
+        plugins = _plugins()
+        if name in _REGISTRY or name in _LOCAL or name in plugins:
+            first = BUILTIN if name in _REGISTRY else provider(_LOCAL[name]) if name in _LOCAL \
+                else plugins[name].provider
+            raise clash("methods", name, first, provider(cls))
+        _check_protocol(name, cls)
+        _LOCAL[name] = cls
+        return cls
+
+    return decorator
+
+
+def _check_protocol(name: str, cls) -> str:
+    protocol = getattr(cls, "protocol", None)
+    if protocol not in PROTOCOLS:
+        from safs.plugins import PluginError
+
+        raise PluginError(f"sparse method '{name}': its class must declare protocol, one of "
+                          f"{', '.join(PROTOCOLS)}; got {protocol!r}")
+    return protocol
+
+
+def plugin_dist(name: str) -> str | None:
+    """The distribution providing method ``name`` when a plugin does (``None``: it is not one)."""
+    plugin = None if name in _REGISTRY or name in _LOCAL else _plugins().get(name)
+    return None if plugin is None else plugin.dist
+
+
 def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_LOCAL, *_plugins()})
 
 
 def method_info(name: str) -> str:
-    return _REGISTRY[name][3]
+    if name in _REGISTRY:
+        return _REGISTRY[name][3]
+    doc = (method_class(name).__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
 
 
 def method_protocol(name: str) -> str:
-    """``one_shot``, ``during_training`` or ``architecture`` (see ``PROTOCOLS``), without importing torch."""
-    return _REGISTRY[name][2]
+    """``one_shot``, ``during_training`` or ``architecture`` (see ``PROTOCOLS``), without importing
+    torch for a built-in method (a plugin's comes from its class)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name][2]
+    return _check_protocol(name, method_class(name))
 
 
 def method_class(name: str):
+    if name in _LOCAL:
+        return _LOCAL[name]
+    if name in _LOADED:
+        return _LOADED[name]
     if name not in _REGISTRY:
-        raise ValueError(f"sparsity.method: unknown method '{name}'; accepted: {', '.join(list_methods())}")
+        plugin = _plugins().get(name) if isinstance(name, str) else None
+        if plugin is None:
+            raise ValueError(f"sparsity.method: unknown method '{name}'; accepted: {', '.join(list_methods())}")
+        cls = plugin.load()
+        _check_protocol(name, cls)
+        _LOADED[name] = cls
+        return cls
     module, cls, _, _ = _REGISTRY[name]
     return getattr(importlib.import_module(f"safs.sparsity.{module}"), cls)
 

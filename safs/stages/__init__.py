@@ -12,9 +12,13 @@ STAGE_MODULES = {
 }
 
 
-def trainable(config: dict) -> None:
-    """Ray Tune function trainable: runs one trial of the stage described by ``config['spec']``."""
+def trainable(config: dict, registered: tuple = ()) -> None:
+    """Ray Tune function trainable: runs one trial of the stage described by ``config['spec']``
+    (``registered``: the driver's in-process registrations, ``safs.plugins.registered()``)."""
+    from safs.plugins import install
     from safs.stages.common import threads_from_resources
+
+    install(registered)
 
     threads_from_resources()
     # ``resume_from``: trial directories of earlier attempts, newest first, whose checkpoints

@@ -156,9 +156,13 @@ def _next_attempt(stage: StagePlan) -> str:
 def _trainable(spec: dict):
     from ray import tune
 
+    from safs.plugins import registered
     from safs.stages import trainable
 
     res = spec["resources"]
+    records = registered()
+    if records:  # the driver's in-process registrations reach the workers through Ray's serialisation
+        trainable = tune.with_parameters(trainable, registered=records)
     return tune.with_resources(trainable, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
 
 

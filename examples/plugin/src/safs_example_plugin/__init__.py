@@ -1,0 +1,1 @@
+"""An example safs plugin; its entry points are declared in pyproject.toml."""
