@@ -332,10 +332,11 @@ def table(paths, fmt: str, layout: str, stage: str | None, out: Path | None):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--kind", type=click.Choice(["sparsity", "search", "curves"]), required=True,
+@click.option("--kind", type=click.Choice(["sparsity", "search", "curves", "mixture"]), required=True,
               help="sparsity: test accuracy vs remaining weights (log axis, 100 % to 1 %), colour per "
                    "method, marker per model, error bars over seeds; search: best-so-far score vs "
-                   "candidates and vs epochs per search stage; curves: per-epoch train/val accuracy per stage.")
+                   "candidates and vs epochs per search stage; curves: per-epoch train/val accuracy per stage; "
+                   "mixture: a one-shot search's operator weights per slot vs epoch.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="FILE.png or FILE.pdf")
 def plot(paths, kind: str, out: Path):
     """A figure from run directories, sized for a paper column."""

@@ -332,6 +332,11 @@ def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool)
     if st.fidelity is not None and st.fidelity.min_epochs >= st.epochs_per_candidate:
         raise _FieldError(f"{path}.fidelity.min_epochs", f"{st.fidelity.min_epochs} must be below "
                           f"epochs_per_candidate ({st.epochs_per_candidate})")
+    from safs.search import is_one_trial
+
+    if st.fidelity is not None and is_one_trial(st.algorithm):
+        raise _FieldError(f"{path}.fidelity", f"'{st.algorithm}' trains one candidate; successive halving "
+                          "has nothing to stop (remove fidelity)")
     if st.start_from == "pruned" and not after_prune:
         raise _FieldError(f"{path}.start_from", "'pruned' needs an earlier prune stage; accepted: input, pruned")
     try:  # the algorithm's options, checked on a stand-in space

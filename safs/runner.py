@@ -134,15 +134,25 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
     # Only the candidates the optimizer was told about: a rerun candidate's earlier, stopped
     # trial is merged into its row.
     trials = trials_frame(st.dir, stage, {int(v["token"]) for v in state["told"].values()})
+    one_trial = _one_trial(spec)
+    if one_trial:
+        _oneshot_genomes(trials, st.dir)
     write_parquet(st.dir / TRIALS, trials)
     best = best_candidate(trials, st.dir)
     if best is None:
         raise StageFailed(f"stage '{st.name}' failed: no candidate finished "
                                        f"({len(trials)} tried; see {st.dir / TRIALS})")
     row, checkpoint = best
+    if one_trial:
+        _write_mixture(checkpoint, st.dir)
+    epochs = int(trials["epochs"].sum())
+    # search_epochs: the training epochs the search spent over all its candidates (its cost);
+    # epochs_spent: the same figure under its earlier name.
     search = {"algorithm": stage.get("algorithm") or stage.get("backend"), "candidates": len(trials),
               "by_status": trials["status"].value_counts().to_dict(),
-              "epochs_spent": int(trials["epochs"].sum()), "best_score": row["score"]}
+              "search_epochs": epochs, "epochs_spent": epochs, "best_score": row["score"]}
+    if stage.get("fidelity"):
+        search["rung_spearman"] = rung_spearman(trials, stage)
     if row["genome"] is not None:
         search["best_genome"] = json.loads(row["genome"])
     else:
@@ -151,6 +161,70 @@ def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:
         search["incumbent"] = json.loads(row["config"])
         search["incumbent_settings"] = trial_settings(stage, search["incumbent"])
     return _complete(st, spec, {**record, "search": search}, checkpoint, row["trial_id"], wall)
+
+
+def _one_trial(spec: dict) -> bool:
+    if spec["kind"] != "activation_search":
+        return False
+    from safs.search import is_one_trial
+
+    return is_one_trial(spec["stage"]["algorithm"])
+
+
+def _oneshot_genomes(trials, stage_dir: Path) -> None:
+    """A one-trial search's row carries the genome its trial ended with (its discretized
+    network), not the placeholder the trial was started with."""
+    from safs.tune.trials import final_checkpoint
+
+    for i, trial_id in trials["trial_id"].items():
+        ckpt = final_checkpoint(stage_dir, trial_id)
+        history = json.loads((ckpt / "history.json").read_text()) if ckpt is not None else []
+        if history and history[-1].get("genome"):
+            trials.at[i, "genome"] = history[-1]["genome"]
+
+
+MIXTURE = "mixture.parquet"
+
+
+def _write_mixture(checkpoint: Path, stage_dir: Path) -> None:
+    """The operator weights of every slot at every epoch (epoch, slot, operator, weight)."""
+    import pandas as pd
+
+    rows = json.loads((checkpoint / "mixture.json").read_text())
+    write_parquet(stage_dir / MIXTURE, pd.DataFrame(rows, columns=["epoch", "slot", "operator", "weight"]))
+
+
+def fidelity_rungs(stage: dict) -> list[int]:
+    """The epochs at which successive halving compares candidates: min_epochs times powers of
+    the reduction factor, below the full budget."""
+    full, fid = stage["epochs_per_candidate"], stage["fidelity"]
+    rungs, r = [], float(fid["min_epochs"])
+    while round(r) < full:
+        if round(r) not in rungs:
+            rungs.append(int(round(r)))
+        r *= fid["reduction_factor"]
+    return rungs
+
+
+def rung_spearman(trials, stage: dict) -> dict[str, float | None]:
+    """For each rung r: Spearman's rho between the candidates' best validation accuracy within
+    their first r epochs and their full-budget score, over the candidates that reached the
+    full budget (``None`` with fewer than two of them, or when either side is constant)."""
+    import numpy as np
+    import pandas as pd
+
+    full = stage["epochs_per_candidate"]
+    done = trials[(trials["status"] == "done") & (trials["epochs"] >= full)]
+    out: dict[str, float | None] = {}
+    for r in fidelity_rungs(stage):
+        early = done["val_acc_per_epoch"].map(lambda v: float(np.max(list(v)[:r])) if len(v) else float("nan"))
+        pair = pd.DataFrame({"early": early.to_numpy(), "full": done["score"].to_numpy()}).dropna()
+        rho = None
+        if len(pair) >= 2 and pair["early"].nunique() > 1 and pair["full"].nunique() > 1:
+            ranks = pair.rank(method="average")
+            rho = float(np.corrcoef(ranks["early"], ranks["full"])[0, 1])
+        out[str(r)] = rho
+    return out
 
 
 def _optimizer(spec: dict):

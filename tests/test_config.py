@@ -50,7 +50,7 @@ BAD = {
     "duplicate_names": (GOOD.replace("name: retrain", "name: dense"), "stages[2].name", "unique"),
     "missing_data_dir": (GOOD.replace("{name: digits}", "{name: mnist, data_dir: nowhere}"), "data.data_dir", "train-images-idx3-ubyte"),
     "unknown_model_option": (GOOD.replace("{name: lenet5}", "{name: lenet5, options: {depth: 3}}"), "model.options", "depth"),
-    "unknown_algorithm": (GOOD + SEARCH.replace("lahc", "nope"), "stages[3].algorithm", "accepted: ga, lahc, random, sa"),
+    "unknown_algorithm": (GOOD + SEARCH.replace("lahc", "nope"), "stages[3].algorithm", "accepted: ga, lahc, oneshot, random, sa"),
     "unknown_algorithm_option": (GOOD + SEARCH.replace("{}", "{bogus: 1}"), "stages[3].options", "steps_minimum"),
     "missing_space": (GOOD + SEARCH.replace("safs13", "missing.yaml"), "stages[3].space", "safs13, wide20"),
     "start_from_pruned_without_prune": (GOOD.replace("  - {name: prune, kind: prune}\n", "") + SEARCH.replace("input", "pruned"),

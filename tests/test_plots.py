@@ -100,5 +100,5 @@ def test_plot_writes_a_file_and_rejects_bad_names(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no finished stages"):
         plot("sparsity", [tmp_path / "empty"], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="accepted: sparsity, search, curves"):
+    with pytest.raises(ValueError, match="accepted: sparsity, search, curves, mixture"):
         plot("pie", [tmp_path], tmp_path / "x.png")

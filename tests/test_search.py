@@ -469,14 +469,14 @@ def test_tokens_count_up_in_ask_order():
 
 # -------------------------------------------------------------------------- registry
 def test_registry_and_options():
-    assert list_optimizers() == ["ga", "lahc", "random", "sa"] and set(OPTIMIZERS) == set(list_optimizers())
+    assert list_optimizers() == ["ga", "lahc", "oneshot", "random", "sa"] and set(OPTIMIZERS) == set(list_optimizers())
     assert optimizer_options("lahc") == {"history_length": 3, "steps_minimum": 20, "idle_fraction": 0.02,
                                          "max_steps": 200, "start": "random", "neighbours": 1}
     assert optimizer_options("ga")["mutation_rate"] is None
     space = make_space(3, 4)
     opt = create_optimizer("sa", space, 0, {"steps": 3})
     assert isinstance(opt, SimulatedAnnealing) and opt.steps == 3
-    with pytest.raises(ValueError, match=r"^unknown search algorithm 'x'; accepted: ga, lahc, random, sa$"):
+    with pytest.raises(ValueError, match=r"^unknown search algorithm 'x'; accepted: ga, lahc, oneshot, random, sa$"):
         create_optimizer("x", space, 0, {})
     with pytest.raises(ValueError, match=r"'steps'.*accepted: history_length, steps_minimum"):
         create_optimizer("lahc", space, 0, {"steps": 3})

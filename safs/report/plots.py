@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 COLUMN_WIDTH_IN = 3.4
-KINDS = ("sparsity", "search", "curves")
+KINDS = ("sparsity", "search", "curves", "mixture")
 
 
 def _figure(ncols: int = 1, height: float = 2.6):
@@ -149,6 +149,42 @@ def curves_plot(records: list[dict]):
     return fig
 
 
+def mixture_frames(paths) -> list[tuple[str, pd.DataFrame]]:
+    """``(label, mixture.parquet)`` of every one-shot search stage under ``paths`` (not Tune's
+    files, not stages set aside)."""
+    out = []
+    for p in map(Path, paths):
+        files = sorted(p.glob("**/mixture.parquet")) if p.is_dir() else ([p] if p.name == "mixture.parquet" else [])
+        for f in files:
+            inner = f.parts[len(p.parts):] if p.is_dir() else ()
+            if "tune" in inner or any(x.startswith(".") for x in inner):
+                continue
+            stage = f.parent.name.split("-", 1)[-1].rsplit("-", 1)[0]
+            out.append((f"{f.parent.parent.name}/{stage}", pd.read_parquet(f)))
+    return out
+
+
+def mixture_plot(frames: list[tuple[str, pd.DataFrame]]):
+    """Operator weight vs epoch for every slot of a one-shot search (one panel per slot, one
+    line per operator; several stages: their panels side by side, the stage in the title)."""
+    panels = [(label, slot, g) for label, mix in frames for slot, g in mix.groupby("slot", sort=False)]
+    fig, axes = _figure(ncols=len(panels), height=2.6)
+    if len(panels) > 1:
+        fig.set_size_inches(max(COLUMN_WIDTH_IN, 1.7 * len(panels)), 2.8)
+    operators = sorted({op for _, mix in frames for op in mix["operator"].unique()})
+    for ax, (label, slot, g) in zip(axes, panels):
+        for op, t in g.groupby("operator", sort=False):
+            t = t.sort_values("epoch")
+            ax.plot(t["epoch"], t["weight"], color=f"C{operators.index(op) % 10}", linewidth=1, label=op)
+        ax.set_title(f"{label}: {slot}" if len(frames) > 1 else slot)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("operator weight")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, ncol=min(len(names), 5), loc="outside lower center", frameon=False)
+    return fig
+
+
 def plot(kind: str, paths, out: Path):
     """Draw ``kind`` from the runs under ``paths`` into ``out`` (.png or .pdf)."""
     from safs.io import _atomic
@@ -170,6 +206,11 @@ def plot(kind: str, paths, out: Path):
         if not records:
             raise ValueError("no finished stages to plot")
         fig = curves_plot(records)
+    elif kind == "mixture":
+        frames = mixture_frames(paths)
+        if not frames:
+            raise ValueError("no one-shot search stages (mixture.parquet) to plot")
+        fig = mixture_plot(frames)
     else:
         raise ValueError(f"--kind: unknown kind '{kind}'; accepted: {', '.join(KINDS)}")
     fmt = Path(out).suffix.lstrip(".").lower()

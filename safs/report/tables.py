@@ -339,6 +339,7 @@ def trials_table(paths) -> pd.DataFrame:
             t.insert(2, "stage_hash", stage_dir.rsplit("-", 1)[1])  # matrix cells share stage names
             t.insert(3, "variant", _variants(f.parent.parent).get(stage_dir))
             t["candidate"] = t["genome"].fillna(t["config"])
+            t["search_epochs"] = _search_epochs(f.parent, t)
             frames.append(t)
     if not frames:
         return pd.DataFrame()
@@ -346,7 +347,17 @@ def trials_table(paths) -> pd.DataFrame:
     out["score"] = (out["score"] * 100).round(2)
     origin = ["origin"] if "origin" in out else []  # older stages did not record it
     return out[["run", "variant", "stage", "stage_hash", "token", "status", *origin, "epochs", "score", "wall_s",
-                "candidate", "error"]]
+                "candidate", "search_epochs", "error"]]
+
+
+def _search_epochs(stage_dir, trials) -> int:
+    """The stage's search cost (``search.search_epochs`` of its stage.json; for a stage
+    recorded before it existed, the epochs of its trials table)."""
+    from safs.io import read_json
+
+    search = (read_json(stage_dir / "stage.json") or {}).get("search") or {}
+    value = search.get("search_epochs", search.get("epochs_spent"))
+    return int(value) if value is not None else int(trials["epochs"].sum())
 
 
 def _variants(run_dir) -> dict[str, str]:

@@ -18,6 +18,7 @@ from safs.search.annealing import SimulatedAnnealing
 from safs.search.base import AskTellOptimizer, Genome, GenomeSpace
 from safs.search.genetic import GeneticAlgorithm
 from safs.search.lahc import LAHC
+from safs.search.oneshot import OneShot
 from safs.search.random_search import RandomSearch
 
 OPTIMIZERS: dict[str, type[AskTellOptimizer]] = {
@@ -25,6 +26,7 @@ OPTIMIZERS: dict[str, type[AskTellOptimizer]] = {
     "random": RandomSearch,
     "ga": GeneticAlgorithm,
     "sa": SimulatedAnnealing,
+    "oneshot": OneShot,
 }
 
 _NOT_OPTIONS = ("self", "space", "seed")
@@ -100,6 +102,12 @@ def create_optimizer(name: str, space: GenomeSpace, seed: int, options: dict[str
     return optimizer_class(name)(space, seed, **options)
 
 
+def is_one_trial(name: str) -> bool:
+    """Whether the algorithm runs as one training trial (``oneshot``) rather than training the
+    genomes it proposes."""
+    return bool(getattr(optimizer_class(name), "one_trial", False))
+
+
 __all__ = [
     "OPTIMIZERS",
     "AskTellOptimizer",
@@ -107,9 +115,11 @@ __all__ = [
     "Genome",
     "GenomeSpace",
     "LAHC",
+    "OneShot",
     "RandomSearch",
     "SimulatedAnnealing",
     "create_optimizer",
+    "is_one_trial",
     "list_optimizers",
     "optimizer_class",
     "optimizer_options",
