@@ -275,3 +275,18 @@ def test_mixture_plot(tmp_path):
     assert [len(ax.lines) for ax in fig.axes] == [2, 2]
     with pytest.raises(ValueError, match="mixture"):
         plot("mixture", [tmp_path / "run" / "03-search-abc123" / "none"], tmp_path / "x.png")
+
+
+def test_an_overflowing_operator_does_not_poison_the_mixture():
+    """safs13 holds symexp, whose exp overflows past |x| = 88: alone, such a candidate fails;
+    inside a mixture it would make every slot inf or NaN, forward and backward."""
+    import torch
+
+    from safs.activations.mixture import MixtureSlot
+    from safs.search.space import load_choices, resolve_space
+
+    slot = MixtureSlot(load_choices(resolve_space("safs13")))
+    x = (torch.randn(256) * 500).requires_grad_()
+    y = slot(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all() and torch.isfinite(slot.arch_logits.grad).all()

@@ -32,6 +32,11 @@ from safs.activations.slot import ActivationSlot, slots
 
 RELAXATIONS = ("softmax", "gumbel")
 LOGITS = "arch_logits"
+# Inside a mixture every operator sees its input clamped to ±INPUT_BOUND. One operator that
+# overflows (symexp's exp at |x| > 88 in fp32) would otherwise make the whole slot, and every
+# slot after it, inf or NaN; on its own such a candidate would only fail. A bound applied to
+# the output would not do: the overflowing operator's backward would still give 0 · inf = NaN.
+INPUT_BOUND = 50.0
 
 
 class MixtureSlot(nn.Module):
@@ -63,6 +68,7 @@ class MixtureSlot(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self._forward_weights().to(x.dtype)
+        x = x.clamp(-INPUT_BOUND, INPUT_BOUND)
         out = None
         for k, op in enumerate(self.ops):
             term = w[k] * op(x, self.alpha, self.beta)
