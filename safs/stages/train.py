@@ -49,6 +49,13 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     describe the same epoch. ``token``: the search candidate this run is (reported as a
     constant metric; also part of the seed). Every report's ``score`` is the kept epoch's
     validation accuracy.
+
+    The test split is never used to select anything. A train stage evaluates it every epoch
+    (its history is a test curve; one run per stage, so the cost is small). A search
+    candidate (``token`` set) evaluates it once, after its last epoch: on the weights it
+    keeps (its ``model.pt``: the row's and the trials table's ``test_acc``) and, when that is
+    not the last epoch, on the last epoch's weights (``test_acc_last``); its other epochs
+    report ``test_acc: None``.
     """
     from safs.data import Batches
     from safs.sparsity import create_method, method_protocol
@@ -102,6 +109,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     if method is not None:
         method.on_train_start(len(train_batches), epochs, start)
 
+    test_every_epoch = token is None
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         common.seed_trial(spec, token, epoch)
@@ -116,15 +124,31 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
         # Evaluated and measured as it would be saved: the finalized network of this epoch.
         final = finalized(method, model)
         val_loss, val_acc = evaluate(final, val_batches.epoch(0), autocast=autocast)
-        _, test_acc = evaluate(final, test_batches.epoch(0), autocast=autocast)
         sparsity = weight_sparsity(final)
         if selector.offer(epoch + 1, val_acc, sparsity):
             kept = model_file.model_blob(final, meta, method_name)
+        test_acc = None
+        if test_every_epoch or epoch + 1 == epochs:
+            _, test_acc = evaluate(final, test_batches.epoch(0), autocast=autocast)
         del final
+        if test_every_epoch:
+            kept_test = test_acc if selector.epoch == epoch + 1 else _test_of(history, selector.epoch)
+        elif epoch + 1 < epochs:
+            kept_test = None
+        elif selector.epoch == epoch + 1:
+            kept_test = test_acc
+        else:  # the kept epoch is an earlier one: test the weights model.pt holds, once
+            net = common.prepare_for_device(model_file.model_from_blob(kept, device), device)
+            _, kept_test = evaluate(net, test_batches.epoch(0), autocast=autocast)
+            del net
+            for h in history:
+                if h.get("epoch") == selector.epoch:
+                    h["test_acc"] = kept_test
         metrics = {"token": token, "epoch": epoch + 1, "epochs": epochs, "start_epoch": start, "lr": lr,
                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                    "val_acc": val_acc, "test_acc": test_acc, "sparsity": sparsity,
-                   "selected_epoch": selector.epoch, "select": select, "score": selector.val_acc,
+                   "selected_epoch": selector.epoch, "selected_test_acc": kept_test, "select": select,
+                   "score": selector.val_acc,
                    "epoch_s": time.perf_counter() - t0}
         if token is None:
             del metrics["token"]
@@ -138,6 +162,10 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             # In every checkpoint: a report line can be lost to a kill, the checkpoint's history not.
             common.write_history(d, history)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+
+
+def _test_of(history: list[dict], epoch: int | None) -> float | None:
+    return next((h.get("test_acc") for h in history if h.get("epoch") == epoch), None)
 
 
 def finalized(method, model: torch.nn.Module) -> torch.nn.Module:
