@@ -17,6 +17,7 @@ from typing import Any
 
 from safs.config import ActivationSearchStage, HpoStage, PipelineConfig, PruneStage, TrainStage
 from safs.io import digest, read_json
+from safs.settings import HASHED_WHEN_SET, UNHASHED_SETTINGS
 
 # 2: a train stage's model.pt is its selected epoch (was: its last), every trial is seeded.
 HASH_VERSION = 2
@@ -120,7 +121,8 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
             pruned = pruned or bool(st.sparse)  # a method trained from scratch keeps going after it
         after_prune.append(pruned)
         sparsity = cfg.sparsity.model_dump(mode="json") if uses_method and cfg.sparsity else None
-        hashed = {k: v for k, v in settings.items() if k not in _UNHASHED}
+        hashed = {k: v for k, v in settings.items() if k not in _UNHASHED and k not in UNHASHED_SETTINGS
+                  and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])}
         upstream = plans[input_index].hash if input_index is not None else context
         payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
         if getattr(st, "settings_from", None):

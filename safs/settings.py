@@ -56,6 +56,25 @@ class ScheduleConfig(_Strict):
         return self
 
 
+class MixConfig(_Strict):
+    """Mixup or cutmix: λ ~ Beta(alpha, alpha)."""
+
+    alpha: float = Field(gt=0)
+
+
+class EmaConfig(_Strict):
+    """An exponential moving average of the weights: evaluation and the kept model use it."""
+
+    decay: float = Field(gt=0, lt=1)
+
+
+# Changes how fast a run goes, not what it computes (beyond float rounding, as another device
+# would): left out of a stage's hash.
+UNHASHED_SETTINGS = ("compile",)
+# Added after stages were first hashed: hashed only when set, so older stages keep their hashes.
+HASHED_WHEN_SET = {"mixup": None, "cutmix": None, "ema": None, "random_erasing": 0.0}
+
+
 class TrainingSettings(_Strict):
     """How a network is trained: shared by train stages and by every search candidate."""
 
@@ -69,3 +88,10 @@ class TrainingSettings(_Strict):
     # learned (its Stage 2), in their own parameter group with this weight decay.
     scales_trainable: bool = False
     scales_weight_decay: float = Field(default=0.0, ge=0)
+    # Recipes of the method papers (safs.training.recipes), on the batch on its device.
+    mixup: MixConfig | None = None
+    cutmix: MixConfig | None = None
+    random_erasing: float = Field(default=0.0, ge=0, le=1)  # the probability per sample
+    ema: EmaConfig | None = None
+    # torch.compile the model for training (skipped, with a log line, where unsupported).
+    compile: bool = False

@@ -243,8 +243,11 @@ def test_preflight_builds_the_model_for_the_folders_and_image_size(tmp_path):
     from safs.io import digest
     from safs.plan import HASH_LENGTH, HASH_VERSION
 
+    from safs.settings import HASHED_WHEN_SET, UNHASHED_SETTINGS
+
     settings = {k: v for k, v in digits.spec["stage"].items() if k not in ("name", "label", "space", "max_concurrent",
-                                                                          "input", "settings_from")}
+                                                                          "input", "settings_from")
+                and k not in UNHASHED_SETTINGS and k not in HASHED_WHEN_SET}  # added since, at their defaults
     context = {"data": {"name": "digits", "split_seed": 0, "val_fraction": None, "test_fraction": None},
                "model": digits.spec["model"], "seed": 0}
     assert digits.hash == digest({"v": HASH_VERSION, "settings": settings, "sparsity": None, "upstream": context},

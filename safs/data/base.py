@@ -41,7 +41,7 @@ class Split:
         return int(self.y.shape[0])
 
     def to(self, device: Any) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
 
 
 @dataclass

@@ -80,9 +80,9 @@ def _draw_params(
     shifts = flips = None
     if crop_padding > 0:
         shifts = torch.randint(0, 2 * crop_padding + 1, (n, 2), generator=generator, device=gen_device)
-        shifts = shifts.to(device)
+        shifts = shifts.to(device, non_blocking=True)
     if flip:
-        flips = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(device)
+        flips = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(device, non_blocking=True)
     return shifts, flips
 
 
@@ -208,7 +208,7 @@ class Batches:
         device = self.x.device
         # Everything random for the epoch is drawn up front on the CPU and moved
         # once, so steps do no host<->device traffic and results are device independent.
-        perm = torch.randperm(self.num_samples, generator=gen).to(device)
+        perm = torch.randperm(self.num_samples, generator=gen).to(device, non_blocking=True)
         shifts, flips = _draw_params(self.num_samples, self.crop_padding, self.flip, gen, device)
         augment = shifts is not None or flips is not None
         for i in range(steps):

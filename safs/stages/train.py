@@ -8,6 +8,7 @@ generator is reseeded per epoch from (seed, stage, candidate, epoch)).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -17,7 +18,7 @@ from ray import tune
 from safs import model_file
 from safs.io import torch_save
 from safs.stages import common
-from safs.training.loop import Diverged, autocast_for, evaluate, train_epoch
+from safs.training.loop import Diverged, autocast_for, compile_model, evaluate, train_epoch
 from safs.training.measure import weight_sparsity
 from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
 
@@ -49,14 +50,25 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     describe the same epoch. ``token``: the search candidate this run is (reported as a
     constant metric; also part of the seed). Every report's ``score`` is the kept epoch's
     validation accuracy.
+
+    The test split is never used to select anything. A train stage evaluates it every epoch
+    (its history is a test curve; one run per stage, so the cost is small). A search
+    candidate (``token`` set) evaluates it once, after its last epoch: on the weights it
+    keeps (its ``model.pt``: the row's and the trials table's ``test_acc``) and, when that is
+    not the last epoch, on the last epoch's weights (``test_acc_last``); its other epochs
+    report ``test_acc: None``.
     """
     from safs.data import Batches
     from safs.sparsity import create_method, method_protocol
     from safs.sparsity.masks import has_pruned
     from safs.training.selection import EpochSelector
 
+    from safs.training.recipes import WeightEMA, make_recipe
+
     common.seed_trial(spec, token)
     device = common.trial_device(spec)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
     ds = common.dataset(spec, device)
     model = common.prepare_for_device(model, device)
     method = None
@@ -76,7 +88,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     scheduler = make_scheduler(optimizer, _schedule_cfg(st), epochs)
     select = st.get("select", "best")  # search candidates: always their best epoch
 
-    start, history, selector, kept = 0, [], EpochSelector(select), None
+    start, history, selector, kept, ema_state = 0, [], EpochSelector(select), None, None
     with common.resume_point(spec, device) as (state, state_dir):
         if state is not None:
             model.load_state_dict(state["model"])
@@ -88,6 +100,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             start, history = state["epoch"], state["history"]
             selector = EpochSelector.from_state(state.get("selector"), select)
             kept = torch.load(state_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+            ema_state = state.get("ema") or None
             if start >= epochs:  # it had finished when the stage stopped: report it again, train nothing
                 tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
                 return
@@ -101,30 +114,56 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     method_name = spec["sparsity"] and spec["sparsity"]["method"]
     if method is not None:
         method.on_train_start(len(train_batches), epochs, start)
+    recipe = make_recipe(st)
+    ema = WeightEMA(model, st["ema"]["decay"]) if st.get("ema") else None
+    if ema is not None and ema_state is not None:
+        ema.load_state_dict(ema_state)
+    # Evaluation and the kept model: the averaged weights when there are some.
+    averaged = ema.applied if ema is not None else contextlib.nullcontext
+    net = compile_model(model, device) if st.get("compile") else model
 
+    test_every_epoch = token is None
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         common.seed_trial(spec, token, epoch)
         lr = optimizer.param_groups[0]["lr"]
         if method is not None:
             method.on_epoch_start(epoch)
-        train_loss, train_acc = train_epoch(model, train_batches.epoch(epoch), optimizer, method,
-                                            label_smoothing=st["label_smoothing"], autocast=autocast)
+        train_loss, train_acc = train_epoch(net, train_batches.epoch(epoch), optimizer, method,
+                                            label_smoothing=st["label_smoothing"], autocast=autocast,
+                                            recipe=recipe, ema=ema)
         if method is not None:
             method.on_epoch_end(epoch)
         step_scheduler(scheduler, train_loss)
         # Evaluated and measured as it would be saved: the finalized network of this epoch.
-        final = finalized(method, model)
-        val_loss, val_acc = evaluate(final, val_batches.epoch(0), autocast=autocast)
-        _, test_acc = evaluate(final, test_batches.epoch(0), autocast=autocast)
-        sparsity = weight_sparsity(final)
-        if selector.offer(epoch + 1, val_acc, sparsity):
-            kept = model_file.model_blob(final, meta, method_name)
-        del final
+        with averaged():
+            final = finalized(method, model)
+            val_loss, val_acc = evaluate(final, val_batches.epoch(0), autocast=autocast)
+            sparsity = weight_sparsity(final)
+            if selector.offer(epoch + 1, val_acc, sparsity):
+                kept = model_file.model_blob(final, meta, method_name)
+            test_acc = None
+            if test_every_epoch or epoch + 1 == epochs:
+                _, test_acc = evaluate(final, test_batches.epoch(0), autocast=autocast)
+            del final
+        if test_every_epoch:
+            kept_test = test_acc if selector.epoch == epoch + 1 else _test_of(history, selector.epoch)
+        elif epoch + 1 < epochs:
+            kept_test = None
+        elif selector.epoch == epoch + 1:
+            kept_test = test_acc
+        else:  # the kept epoch is an earlier one: test the weights model.pt holds, once
+            kept_net = common.prepare_for_device(model_file.model_from_blob(kept, device), device)
+            _, kept_test = evaluate(kept_net, test_batches.epoch(0), autocast=autocast)
+            del kept_net
+            for h in history:
+                if h.get("epoch") == selector.epoch:
+                    h["test_acc"] = kept_test
         metrics = {"token": token, "epoch": epoch + 1, "epochs": epochs, "start_epoch": start, "lr": lr,
                    "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                    "val_acc": val_acc, "test_acc": test_acc, "sparsity": sparsity,
-                   "selected_epoch": selector.epoch, "select": select, "score": selector.val_acc,
+                   "selected_epoch": selector.epoch, "selected_test_acc": kept_test, "select": select,
+                   "score": selector.val_acc,
                    "epoch_s": time.perf_counter() - t0}
         if token is None:
             del metrics["token"]
@@ -133,11 +172,16 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             torch.save({"epoch": epoch + 1, "history": history, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "method": method.state_dict() if method is not None else {},
-                        "selector": selector.state_dict()}, d / "state.pt")
+                        "selector": selector.state_dict(), "ema": ema.state_dict() if ema is not None else {}},
+                       d / "state.pt")
             torch_save(kept, d / MODEL_FILE)
             # In every checkpoint: a report line can be lost to a kill, the checkpoint's history not.
             common.write_history(d, history)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+
+
+def _test_of(history: list[dict], epoch: int | None) -> float | None:
+    return next((h.get("test_acc") for h in history if h.get("epoch") == epoch), None)
 
 
 def finalized(method, model: torch.nn.Module) -> torch.nn.Module:

@@ -28,15 +28,24 @@ def autocast_for(device: torch.device):
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, method=None, *,
-                label_smoothing: float = 0.0, autocast=contextlib.nullcontext) -> tuple[float, float]:
-    """One pass over ``batches`` (an iterable of (x, y)); returns (mean loss, accuracy)."""
+                label_smoothing: float = 0.0, autocast=contextlib.nullcontext, recipe=None,
+                ema=None) -> tuple[float, float]:
+    """One pass over ``batches`` (an iterable of (x, y)); returns (mean loss, accuracy).
+    ``recipe``: a ``safs.training.recipes.BatchRecipe`` (mixup, cutmix, random erasing) applied
+    to each batch; ``ema``: a ``WeightEMA`` updated after each step."""
     model.train()
     loss_sum = correct = None
     n = 0
     for x, y in batches:
+        mix = None
+        if recipe is not None:
+            x, mix = recipe(x, y)
         with autocast():
             out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            if mix is None:
+                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            else:
+                loss = recipe.loss(out, y, mix, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if method is not None:
@@ -44,6 +53,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, met
         optimizer.step()
         if method is not None:
             method.after_step()
+        if ema is not None:
+            ema.update()
         with torch.no_grad():
             batch_loss = loss.detach() * y.shape[0]
             batch_correct = (out.argmax(1) == y).sum()
@@ -56,6 +67,29 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, met
     if not math.isfinite(mean_loss):
         raise Diverged(f"training loss is {mean_loss}")
     return mean_loss, correct.item() / n
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile(model)`` for training, or ``model`` itself, with one log line saying why,
+    where it is not supported (a device without a compiler backend, reparametrised layers).
+    The compiled module shares the model's parameters: state dicts and checkpoints stay the
+    model's own."""
+    import logging
+
+    from torch.nn.utils import parametrize
+
+    log = logging.getLogger("safs")
+    why = None
+    if device.type not in ("cuda", "cpu"):
+        why = f"no compiler backend for {device.type}"
+    elif any(parametrize.is_parametrized(m) for m in model.modules()):
+        why = "the model has reparametrised layers"
+    elif not hasattr(torch, "compile"):
+        why = "this torch has no torch.compile"
+    if why:
+        log.warning("compile: skipped (%s); training without it", why)
+        return model
+    return torch.compile(model)
 
 
 @torch.inference_mode()

@@ -97,17 +97,33 @@ class TAdam(torch.optim.Optimizer):
         return loss
 
 
+def fused_option(groups, optimizer: type) -> dict:
+    """``{"fused": True}`` when every parameter is a floating CUDA tensor and ``optimizer``
+    takes ``fused`` (one kernel for the whole step); else ``{}``. Fused and foreach steps
+    agree to float rounding; like the device, this is not part of a stage's hash."""
+    import inspect
+
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    if not params or "fused" not in inspect.signature(optimizer).parameters:
+        return {}
+    if all(p.is_cuda and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
+
+
 def _sgd(groups, c: OptimizerConfig):
     return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
-                           weight_decay=c.weight_decay)
+                           weight_decay=c.weight_decay, **fused_option(groups, torch.optim.SGD))
 
 
 def _adam(groups, c: OptimizerConfig):
-    return torch.optim.Adam(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+    return torch.optim.Adam(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay,
+                            **fused_option(groups, torch.optim.Adam))
 
 
 def _adamw(groups, c: OptimizerConfig):
-    return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+    return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay,
+                             **fused_option(groups, torch.optim.AdamW))
 
 
 def _tadam(groups, c: OptimizerConfig):

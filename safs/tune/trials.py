@@ -174,10 +174,24 @@ def candidate_row(runs: list[TrialRun], stage: dict) -> dict:
         "val_acc_per_epoch": [float(e["val_acc"]) for e in epochs],
         "score": float(best["val_acc"]) if best else float("nan"),
         "best_epoch": int(best["epoch"]) if best else 0,
-        "test_acc": float(best["test_acc"]) if best else float("nan"),
+        "test_acc": _test_acc(epochs, best),
         "wall_s": float(sum(r.last.get("time_total_s") or 0.0 for r in runs)),
         "error": error,
     }
+
+
+def _test_acc(epochs: list[dict], best: dict | None) -> float:
+    """The candidate's test accuracy: of the weights it kept (its last report's
+    ``selected_test_acc``; a candidate evaluates the test split once, at its end), else, in
+    older records, of its best epoch."""
+    if not epochs or best is None:
+        return float("nan")
+    last = epochs[-1]
+    kept = last.get("selected_test_acc")
+    if kept is not None:
+        return float(kept)
+    value = best.get("test_acc")
+    return float("nan") if value is None else float(value)
 
 
 def by_token(runs: list[TrialRun], tokens: set[int] | None = None) -> dict[int, list[TrialRun]]:
