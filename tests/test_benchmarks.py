@@ -25,3 +25,19 @@ def test_gpu_train_smoke(capsys):
     assert set(out) == {"resnet18", "vgg16"}
     assert all(v["safs_epochs_per_s"] > 0 and v["hand_epochs_per_s"] > 0 for v in out.values())
     assert "(smoke)" in capsys.readouterr().out
+
+
+def test_stage_overhead_reads_wall_minus_epoch_times_from_the_records(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "quickstart"
+    for i, (name, wall, epochs) in enumerate([("dense", 10.0, [2.0, 3.0]), ("prune", 2.5, [0.5]),
+                                              ("retrain", 8.0, [1.0, 1.0, 1.0])], start=1):
+        d = run / f"{i:02d}-{name}-0123456789"
+        d.mkdir(parents=True)
+        history = [{"epoch": e + 1, "epoch_s": s} for e, s in enumerate(epochs)]
+        (d / "stage.json").write_text(json.dumps({"status": "done", "name": name, "wall_s": wall, "history": history}))
+    out = load("stage_overhead").main(["--run", str(run)])
+    assert out["median_overhead_s"] == pytest.approx(5.0)  # overheads 5.0, 2.0, 5.0
+    assert out["stages_wall_s"] == pytest.approx(20.5)
+    assert "median overhead per stage: 5.0 s" in capsys.readouterr().out
