@@ -479,7 +479,7 @@ def stop_cmd(job_id: str, address: str | None, wait: bool):
             return
         click.echo(f"safs: stopping job {job_id}")
         if wait:
-            click.echo(f"safs: job {job_id}: {wait_for(client, job_id, poll_s=1.0)}")
+            click.echo(f"safs: job {job_id}: {cluster.wait_for(client, job_id, poll_s=1.0)}")
 
 
 @jobs.command("list")

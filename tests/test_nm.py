@@ -432,7 +432,7 @@ def run_pipeline(tmp_path: Path, text: str, name: str):
         kill_ray_leftovers(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    return {d.name.split("-")[1]: d / "model.pt" for d in (results / name).iterdir() if d.is_dir()}
+    return {d.name.split("-")[1]: d / "model.pt" for d in (results / name).glob("[0-9][0-9]-*") if d.is_dir()}
 
 
 def assert_model_file_valid(path: Path, stage: str):

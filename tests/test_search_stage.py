@@ -51,7 +51,7 @@ GA_PIPELINE = HEAD + f"""\
 
 
 def stage_dir(run_dir: Path, name: str) -> Path:
-    [d] = [d for d in run_dir.iterdir() if d.is_dir() and d.name.split("-")[1] == name]
+    [d] = [d for d in run_dir.glob("[0-9][0-9]-*") if d.is_dir() and d.name.split("-")[1] == name]
     return d
 
 
