@@ -56,6 +56,24 @@ def seed_trial(spec: dict, candidate: int | None = None, epoch: int | None = Non
     return seed
 
 
+def attach_method(spec: dict, model: nn.Module):
+    """The trial's sparse method (``None`` without one) attached to ``model``: (method, model).
+
+    A one-shot method asked to train a dense model (``sparse: true`` with no prune stage
+    before) follows its protocol: prune once here, then train with the masks fixed."""
+    from safs.sparsity import create_method, method_protocol
+    from safs.sparsity.masks import has_pruned
+
+    sp = spec["sparsity"]
+    if sp is None:
+        return None, model
+    method = create_method(sp["method"], sp["target"], sp["options"])
+    model = method.attach(model)
+    if method_protocol(sp["method"]) == "one_shot" and not has_pruned(model):
+        method.prune(model)
+    return method, model
+
+
 def prepare_for_device(model: nn.Module, device: torch.device) -> nn.Module:
     """Move to the trial's device in the faster memory layout: channels_last for conv nets
     (tensor cores on GPU; oneDNN on CPU, 25% faster per LeNet-5 step, benchmarks/train_overhead.py)."""

@@ -70,8 +70,6 @@ def discretized(method, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[s
 def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int) -> None:
     from safs.activations.mixture import annealed_tau, arch_parameters, mixture_table, set_tau, to_mixture
     from safs.data import Batches
-    from safs.sparsity import create_method, method_protocol
-    from safs.sparsity.masks import has_pruned
 
     opts = oneshot_options(st)
     common.seed_trial(spec, token)
@@ -79,13 +77,7 @@ def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int
     ds = common.dataset(spec, device)
     to_mixture(model, st["choices"], opts["relaxation"])
     model = common.prepare_for_device(model, device)
-    method = None
-    if spec["sparsity"] is not None:
-        sp = spec["sparsity"]
-        method = create_method(sp["method"], sp["target"], sp["options"])
-        model = method.attach(model)
-        if method_protocol(sp["method"]) == "one_shot" and not has_pruned(model):
-            method.prune(model)
+    method, model = common.attach_method(spec, model)
 
     arch = arch_parameters(model)
     arch_ids = {id(p) for p in arch}

@@ -59,8 +59,6 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     report ``test_acc: None``.
     """
     from safs.data import Batches
-    from safs.sparsity import create_method, method_protocol
-    from safs.sparsity.masks import has_pruned
     from safs.training.selection import EpochSelector
 
     from safs.training.recipes import WeightEMA, make_recipe
@@ -71,15 +69,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
     ds = common.dataset(spec, device)
     model = common.prepare_for_device(model, device)
-    method = None
-    if spec["sparsity"] is not None:
-        sp = spec["sparsity"]
-        method = create_method(sp["method"], sp["target"], sp["options"])
-        model = method.attach(model)
-        if method_protocol(sp["method"]) == "one_shot" and not has_pruned(model):
-            # A one-shot method asked to train a dense model (``sparse: true`` with no prune
-            # stage before): its protocol is prune once, then train with the masks fixed.
-            method.prune(model)
+    method, model = common.attach_method(spec, model)
 
     groups = _param_groups(model, st)
     if method is not None:
