@@ -28,7 +28,7 @@ from safs import model_file
 from safs.io import torch_save
 from safs.stages import common
 from safs.stages.train import MODEL_FILE, _optimizer_cfg, _param_groups, _schedule_cfg, finalized
-from safs.training.loop import Diverged, autocast_for, evaluate
+from safs.training.loop import Diverged, TrainTally, autocast_for, evaluate
 from safs.training.measure import weight_sparsity
 from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
 
@@ -173,13 +173,11 @@ def search_epoch(model, batches, arch_batches, optimizer, arch_optimizer, method
     """One pass over the training batches: a logit step (``arch_optimizer``; none while warming
     up), then a weight step with the sparse method's hooks. Returns (mean loss, accuracy)."""
     import contextlib
-    import math
 
     autocast = autocast or contextlib.nullcontext
     arch = [p for g in arch_optimizer.param_groups for p in g["params"]] if arch_optimizer is not None else []
     model.train()
-    loss_sum = correct = None
-    n = 0
+    tally = TrainTally()
     for x, y in batches:
         if arch_optimizer is not None and arch_split == "val":
             xv, yv = next(arch_batches)
@@ -207,15 +205,5 @@ def search_epoch(model, batches, arch_batches, optimizer, arch_optimizer, method
             arch_optimizer.step()
         for p in arch:  # never carried into the next logit step
             p.grad = None
-        with torch.no_grad():
-            batch_loss = loss.detach() * y.shape[0]
-            batch_correct = (out.argmax(1) == y).sum()
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
-        n += y.shape[0]
-    if n == 0:
-        raise ValueError("no training batches (empty training split?)")
-    mean_loss = loss_sum.item() / n
-    if not math.isfinite(mean_loss):
-        raise Diverged(f"training loss is {mean_loss}")
-    return mean_loss, correct.item() / n
+        tally.add(loss, out, y)
+    return tally.result()

@@ -27,6 +27,32 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
+class TrainTally:
+    """A training epoch's mean loss and accuracy, summed on the device and read once at the
+    end (no per-step host sync)."""
+
+    def __init__(self):
+        self.loss_sum = self.correct = None
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        batch_loss = loss.detach() * y.shape[0]
+        batch_correct = (out.argmax(1) == y).sum()
+        self.loss_sum = batch_loss if self.loss_sum is None else self.loss_sum + batch_loss
+        self.correct = batch_correct if self.correct is None else self.correct + batch_correct
+        self.n += y.shape[0]
+
+    def result(self) -> tuple[float, float]:
+        """(mean loss, accuracy); ``Diverged`` on a non-finite loss."""
+        if self.n == 0:
+            raise ValueError("no training batches (empty training split?)")
+        mean_loss = self.loss_sum.item() / self.n
+        if not math.isfinite(mean_loss):
+            raise Diverged(f"training loss is {mean_loss}")
+        return mean_loss, self.correct.item() / self.n
+
+
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, method=None, *,
                 label_smoothing: float = 0.0, autocast=contextlib.nullcontext, recipe=None,
                 ema=None) -> tuple[float, float]:
@@ -34,8 +60,7 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, met
     ``recipe``: a ``safs.training.recipes.BatchRecipe`` (mixup, cutmix, random erasing) applied
     to each batch; ``ema``: a ``WeightEMA`` updated after each step."""
     model.train()
-    loss_sum = correct = None
-    n = 0
+    tally = TrainTally()
     for x, y in batches:
         mix = None
         if recipe is not None:
@@ -55,18 +80,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, met
             method.after_step()
         if ema is not None:
             ema.update()
-        with torch.no_grad():
-            batch_loss = loss.detach() * y.shape[0]
-            batch_correct = (out.argmax(1) == y).sum()
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
-        n += y.shape[0]
-    if n == 0:
-        raise ValueError("no training batches (empty training split?)")
-    mean_loss = loss_sum.item() / n
-    if not math.isfinite(mean_loss):
-        raise Diverged(f"training loss is {mean_loss}")
-    return mean_loss, correct.item() / n
+        tally.add(loss, out, y)
+    return tally.result()
 
 
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
