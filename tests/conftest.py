@@ -68,6 +68,16 @@ def by_stage(recs: dict[str, dict], name: str) -> dict:
     return rec
 
 
+def trials_by_token(stage_dir: Path) -> dict[int, list[Path]]:
+    """Each candidate's trial directories, oldest first. A directory Tune created when a kill came
+    but never started has no ``params.json``; ``trials.parquet`` skips it, and so does this."""
+    out: dict[int, list[Path]] = {}
+    for d in sorted(stage_dir.glob("tune/*/trial_*")):
+        if (d / "params.json").is_file():
+            out.setdefault(json.loads((d / "params.json").read_text())["candidate"]["token"], []).append(d)
+    return out
+
+
 def kill_ray_leftovers(ray_tmp: str) -> None:
     """Ray processes of the killed driver outlive it; stop exactly those, by PID."""
     import psutil

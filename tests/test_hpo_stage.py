@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import safs_cmd, subprocess_env
-from conftest import by_stage, kill_ray_leftovers, records
+from conftest import by_stage, kill_ray_leftovers, records, trials_by_token
 
 pytestmark = pytest.mark.slow
 
@@ -161,10 +161,10 @@ def test_sigkill_during_hpo_resumes_without_repeating_finished_trials(tmp_path, 
     for name, text_before in before.items():  # finished trials were not run again
         assert after[name] == text_before
     # a trial per candidate, plus the continuation of each one that was running at the kill
-    tokens = [json.loads((d / "params.json").read_text())["candidate"]["token"]
-              for d in stage[0].glob("tune/*/trial_*")]
-    assert sorted(set(tokens)) == list(range(trials))
-    assert len(tokens) - trials <= 1  # max_concurrent_trials 1: at most one was running
+    started = trials_by_token(stage[0])
+    assert sorted(started) == list(range(trials))
+    # max_concurrent_trials 1: at most one was running
+    assert sum(len(ds) for ds in started.values()) - trials <= 1
     rec = json.loads((stage[0] / "stage.json").read_text())
     assert rec["attempts"] == 2 and rec["status"] == "done"
     journal = stage[0] / "optuna_journal.log"

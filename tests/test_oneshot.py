@@ -1,6 +1,7 @@
 """One-shot activation search: the mixture slot, its two optimizers, discretization, resume
 from an epoch checkpoint (in process), the stage's records, and a real pipeline (slow)."""
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -160,24 +161,24 @@ def search_spec(tmp_path, one_torch_thread):
 
 def _run(spec, monkeypatch, out: Path, kill_after: int | None = None):
     """Run the trial; each report's checkpoint is copied to ``out/checkpoint_NNNNNN``."""
-    import ray.tune
-
-    from safs.stages import oneshot
+    from safs.stages import oneshot, session
 
     out.mkdir(parents=True, exist_ok=True)
     reports = []
 
-    def report(metrics, checkpoint=None):
-        reports.append(metrics)
-        if checkpoint is not None:
-            shutil.copytree(checkpoint.path, out / f"checkpoint_{metrics['epoch']:06d}", dirs_exist_ok=True)
-        if kill_after is not None and metrics["epoch"] >= kill_after:
-            raise _Killed
+    class Recording:
+        def report(self, metrics, checkpoint=None):
+            reports.append(metrics)
+            if checkpoint is not None:
+                shutil.copytree(checkpoint, out / f"checkpoint_{metrics['epoch']:06d}", dirs_exist_ok=True)
+            if kill_after is not None and metrics["epoch"] >= kill_after:
+                raise _Killed
 
-    monkeypatch.setattr(oneshot.tune, "report", report)
-    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+        restored = contextlib.nullcontext  # continued only from spec["resume_from"]
+
     try:
-        oneshot.run_trial(spec, {"token": 0, "genome": {}})
+        with session.use(Recording()):
+            oneshot.run_trial(spec, {"token": 0, "genome": {}})
     except _Killed:
         pass
     return reports

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import safs_cmd, subprocess_env
 from safs.tune.trials import attempt_dirs, attempt_number
-from conftest import by_stage, kill_ray_leftovers, records
+from conftest import by_stage, kill_ray_leftovers, records, trials_by_token
 
 EPOCHS = 3  # epochs_per_candidate
 SAMPLES = 8
@@ -159,12 +159,7 @@ def test_sigkill_during_a_search_resumes_without_retraining_finished_candidates(
     tune_dir = r["search_dir"] / "tune"
     assert [attempt_number(d.name) for d in attempt_dirs(r["search_dir"])] == [1, 2]
     assert sorted(d.name for d in tune_dir.iterdir()) == [d.name for d in attempt_dirs(r["search_dir"])]
-    trials = {}  # token -> its trial directories, oldest first
-    for d in sorted(tune_dir.glob("*/trial_*")):
-        if not (d / "params.json").is_file():
-            continue  # created when the kill came, never started (trials.parquet skips it too)
-        token = json.loads((d / "params.json").read_text())["candidate"]["token"]
-        trials.setdefault(token, []).append(d)
+    trials = trials_by_token(r["search_dir"])
     assert sorted(trials) == list(range(SAMPLES))
     for name, text in r["finished"].items():  # finished before the kill: never trained again
         d = r["search_dir"] / name

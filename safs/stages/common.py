@@ -87,18 +87,16 @@ def prepare_for_device(model: nn.Module, device: torch.device) -> nn.Module:
 def resume_point(spec: dict, device: torch.device) -> Iterator[tuple[dict | None, Path | None]]:
     """The training state to continue from and its checkpoint directory, or (None, None).
 
-    Tune's own checkpoint comes first (a retry within this attempt), then the checkpoints of
+    The session's own checkpoint comes first (a retry within this attempt), then the checkpoints of
     earlier attempts (``spec["resume_from"]``, newest first). A checkpoint that does not load
     (cut short by a kill) is skipped for the one before it."""
-    from ray import tune
+    from safs.stages.session import restored_checkpoint
 
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = _load_state(Path(d) / "state.pt", device)
-            if state is not None:
-                yield state, Path(d)
-                return
+    with restored_checkpoint() as d:
+        state = None if d is None else _load_state(d / "state.pt", device)
+        if state is not None:
+            yield state, d
+            return
     for trial in spec.get("resume_from") or []:
         for d in sorted(Path(trial).glob("checkpoint_*"), reverse=True):
             state = _load_state(d / "state.pt", device)
@@ -120,7 +118,7 @@ def _load_state(path: Path, device: torch.device) -> dict | None:
 
 @contextmanager
 def checkpoint_dir() -> Iterator[Path]:
-    """A scratch directory that Tune copies into the trial's checkpoint on report."""
+    """A scratch directory that the session copies into the trial's checkpoint on report."""
     with tempfile.TemporaryDirectory(prefix="safs-ckpt-") as d:
         yield Path(d)
 

@@ -22,11 +22,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from ray import tune
 
 from safs import model_file
 from safs.io import torch_save
-from safs.stages import common
+from safs.stages import common, session
 from safs.stages.train import MODEL_FILE, _optimizer_cfg, _param_groups, _schedule_cfg, finalized
 from safs.training.loop import Diverged, TrainTally, autocast_for, evaluate
 from safs.training.measure import weight_sparsity
@@ -53,7 +52,7 @@ def run_trial(spec: dict, candidate: dict) -> None:
     try:
         search(spec, model, st, st["epochs_per_candidate"], token)
     except Diverged as e:
-        tune.report({"token": token, "epoch": st["epochs_per_candidate"], "score": float("nan"), "failed": str(e)})
+        session.report({"token": token, "epoch": st["epochs_per_candidate"], "score": float("nan"), "failed": str(e)})
 
 
 def discretized(method, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, str]]:
@@ -103,7 +102,7 @@ def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int
             start, history, mixture = state["epoch"], state["history"], state["mixture"]
             kept = torch.load(state_dir / MODEL_FILE, map_location="cpu", weights_only=True)
             if start >= epochs:
-                tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+                session.report(history[-1], state_dir)
                 return
 
     seed = spec["seed"] * 1000 + spec["index"]
@@ -156,7 +155,7 @@ def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int
             torch_save(kept, d / MODEL_FILE)
             (d / MIXTURE_FILE).write_text(json.dumps(mixture))
             common.write_history(d, history)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+            session.report(metrics, d)
 
 
 def _cycle(batches, epoch: int):

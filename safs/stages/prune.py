@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
-from ray import tune
 
 from safs import model_file
-from safs.stages import common
+from safs.stages import common, session
 from safs.training.loop import autocast_for, evaluate
 
 
@@ -38,4 +37,4 @@ def run_trial(spec: dict) -> None:
     with common.checkpoint_dir() as d:
         model_file.save_model(d / "model.pt", model, model_file.model_meta(spec, ds), sp["method"])
         common.write_history(d, [metrics])
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+        session.report(metrics, d)

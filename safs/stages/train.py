@@ -13,11 +13,10 @@ import copy
 import time
 
 import torch
-from ray import tune
 
 from safs import model_file
 from safs.io import torch_save
-from safs.stages import common
+from safs.stages import common, session
 from safs.training.loop import Diverged, autocast_for, compile_model, evaluate, train_epoch
 from safs.training.measure import weight_sparsity
 from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
@@ -92,7 +91,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             kept = torch.load(state_dir / MODEL_FILE, map_location="cpu", weights_only=True)
             ema_state = state.get("ema") or None
             if start >= epochs:  # it had finished when the stage stopped: report it again, train nothing
-                tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+                session.report(history[-1], state_dir)
                 return
 
     seed = spec["seed"] * 1000 + spec["index"]  # distinct data order per stage, fixed per seed
@@ -167,7 +166,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             torch_save(kept, d / MODEL_FILE)
             # In every checkpoint: a report line can be lost to a kill, the checkpoint's history not.
             common.write_history(d, history)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+            session.report(metrics, d)
 
 
 def _test_of(history: list[dict], epoch: int | None) -> float | None:
@@ -217,7 +216,7 @@ def fit_candidate(spec: dict, model: torch.nn.Module, st: dict, epochs: int, tok
     try:
         fit(spec, model, st, epochs, token=token)
     except Diverged as e:
-        tune.report({"token": token, "epoch": epochs, "score": float("nan"), "failed": str(e)})
+        session.report({"token": token, "epoch": epochs, "score": float("nan"), "failed": str(e)})
 
 
 def _param_groups(model: torch.nn.Module, st: dict) -> list[dict]:
