@@ -335,3 +335,16 @@ def test_an_exclude_pattern_that_matches_nothing_is_an_error():
         method.attach(lenet())
     with pytest.raises(ValueError, match=r"sparsity\.options\.exclude: .* must be a list"):
         create_method("lwm", 0.5, {"exclude": "fc3"})
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_an_unknown_option_is_refused_naming_the_options_the_method_takes(name):
+    import inspect
+
+    params = inspect.signature(method_class(name).__init__).parameters.values()
+    takes = sorted(p.name for p in params if p.name not in ("self", "target") and p.kind is not p.VAR_KEYWORD)
+    with pytest.raises(ValueError) as e:
+        create_method(name, 0.5, {"bogus": 1})
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"sparsity.options: unknown option(s) bogus for method '{name}'")
+    assert message.endswith(f"; accepted: {', '.join(takes)}" if takes else f"'{name}'")

@@ -110,11 +110,24 @@ class SparseMethod:
         """Replay the transform ``record`` (from :meth:`architecture`) on a freshly built model."""
         raise ValueError(f"method '{cls.name}' transforms no architecture")
 
-    def __init__(self, target: float, **options: Any):
-        if options:
-            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(options))} for method '{self.name}'")
+    def __init__(self, target: float, **unknown: Any):
+        """A subclass takes its options as keyword parameters and passes the rest here, where
+        any left over is refused, naming the options the subclass's signature accepts."""
+        if unknown:
+            accepted = self.accepted_options()
+            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
+                             f"'{self.name}'" + (f"; accepted: {', '.join(accepted)}" if accepted else ""))
         self.target = target
         self._keeper: MaskKeeper | None = None
+
+    @classmethod
+    def accepted_options(cls) -> list[str]:
+        """The option names of this method: its constructor's parameters after ``target``."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in params if p.name not in ("self", "target")
+                      and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
     # --- setup ------------------------------------------------------------------------
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:

@@ -63,10 +63,7 @@ class DiscoveringNeuralWirings(SparseMethod):
 
     def __init__(self, target: float, *, exclude: list[str] | None = None,
                  layer_targets: dict[str, float] | None = None, **unknown: Any):
-        if unknown:
-            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: exclude, layer_targets")
-        super().__init__(target)
+        super().__init__(target, **unknown)
         if not 0 <= target < 1:
             raise ValueError(f"sparsity.target: {target} must lie in [0, 1)")
         self.rate = target

@@ -56,11 +56,7 @@ class GradualMagnitude(StepScheduled):
     def __init__(self, target: float, *, initial_sparsity: float = 0.0, start: float = 0.0, end: float = 0.5,
                  frequency: int = 100, exclude: list[str] | None = None,
                  layer_targets: dict[str, float] | None = None, **unknown: Any):
-        if unknown:
-            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: end, exclude, frequency, initial_sparsity, layer_targets, "
-                             "start")
-        super().__init__(target)
+        super().__init__(target, **unknown)
         if not 0 <= target < 1:
             raise ValueError(f"sparsity.target: {target} must lie in [0, 1)")
         if not 0 <= initial_sparsity <= target:

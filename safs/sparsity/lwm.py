@@ -32,10 +32,7 @@ class LayerwiseMagnitude(SparseMethod):
 
     def __init__(self, target: float, *, exclude: list[str] | None = None,
                  layer_targets: dict[str, float] | None = None, **unknown: Any):
-        if unknown:
-            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: exclude, layer_targets")
-        super().__init__(target)
+        super().__init__(target, **unknown)
         self.exclude = exclude_option(exclude)
         self.layer_targets = layer_targets_option(layer_targets)
 

@@ -141,10 +141,7 @@ class SoftThresholdReparam(StepScheduled):
 
     def __init__(self, target: float, *, mode: str = "target", start: float = 0.0, end: float | None = None,
                  s_init: float = -5.0, weight_decay: float | None = 5e-3, **unknown: Any):
-        if unknown:
-            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: end, mode, s_init, start, weight_decay")
-        super().__init__(target)
+        super().__init__(target, **unknown)
         if mode not in MODES:
             raise ValueError(f"sparsity.options.mode: {mode!r}; accepted: {', '.join(MODES)}")
         if mode == "target" and not 0 <= target < 1:

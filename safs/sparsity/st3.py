@@ -87,10 +87,7 @@ class SoftThreshold3(StepScheduled):
     def __init__(self, target: float, *, start: float = 5 / 160, end: float = 0.5, power: float = 3.0,
                  fix_at: float | None = None, rescale: bool = True, exclude: list[str] | None = None,
                  **unknown: Any):
-        if unknown:
-            raise ValueError(f"sparsity.options: unknown option(s) {', '.join(sorted(unknown))} for method "
-                             f"'{self.name}'; accepted: end, exclude, fix_at, power, rescale, start")
-        super().__init__(target)
+        super().__init__(target, **unknown)
         if not 0 <= target < 1:
             raise ValueError(f"sparsity.target: {target} must lie in [0, 1)")
         fix = end if fix_at is None else fix_at
