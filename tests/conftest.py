@@ -89,3 +89,59 @@ def kill_ray_leftovers(ray_tmp: str) -> None:
                 proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+
+
+# --------------------------------------------------------------------------- sparse training by hand
+# The training hooks of a sparse method driven the way ``safs.stages.train.fit`` drives them, on
+# LeNet-5 and random MNIST-shaped batches: for tests of the methods themselves.
+MNIST_SHAPE = (1, 28, 28)
+
+
+def lenet(seed: int = 0, shape: tuple = MNIST_SHAPE):
+    import torch
+
+    from safs.models import create_model
+
+    torch.manual_seed(seed)
+    return create_model("lenet5", 10, shape)
+
+
+def random_batches(n: int = 12, size: int = 8, seed: int = 1, shape: tuple = MNIST_SHAPE) -> list:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, *shape, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
+
+
+def method_sgd(model, method, lr: float = 0.05, weight_decay: float = 5e-4):
+    """SGD with momentum over the parameter groups the method arranges."""
+    import torch
+
+    groups = method.param_groups(model, [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def method_step(model, method, opt, x, y) -> None:
+    from torch import nn
+
+    model.train()
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    method.before_step()
+    opt.step()
+    method.after_step()
+
+
+def train_with_method(model, method, data, epochs: int = 1, opt=None, on_step=None):
+    """``epochs`` passes over ``data`` with the method's hooks; returns the optimizer."""
+    opt = opt or method_sgd(model, method)
+    method.on_train_start(len(data), epochs, 0)
+    for e in range(epochs):
+        method.on_epoch_start(e)
+        for x, y in data:
+            method_step(model, method, opt, x, y)
+            if on_step:
+                on_step()
+        method.on_epoch_end(e)
+    return opt

@@ -8,9 +8,9 @@ import typing
 
 import pytest
 import torch
-from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from conftest import lenet, method_sgd, method_step, random_batches, train_with_method
 from safs.models import create_model, prunable_layers
 from safs.sparsity import PROTOCOLS, create_method, list_methods, method_class, method_protocol
 from safs.sparsity.base import Protocol, magnitude_mask, pruned_count
@@ -29,42 +29,16 @@ def _one_thread(one_torch_thread):
     yield
 
 
-def lenet(seed=0):
-    torch.manual_seed(seed)
-    return create_model("lenet5", 10, SHAPE)
-
-
 def batches(n=6, size=8, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, *SHAPE, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
+    return random_batches(n, size, seed)
 
 
 def optimizer(model, method):
-    groups = method.param_groups(model, [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    return torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-2)
-
-
-def step(model, method, opt, x, y):
-    model.train()
-    loss = nn.functional.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    method.before_step()
-    opt.step()
-    method.after_step()
+    return method_sgd(model, method, weight_decay=5e-2)
 
 
 def train(model, method, data, epochs=2, opt=None, on_step=None):
-    opt = opt or optimizer(model, method)
-    method.on_train_start(len(data), epochs, 0)
-    for e in range(epochs):
-        method.on_epoch_start(e)
-        for x, y in data:
-            step(model, method, opt, x, y)
-            if on_step:
-                on_step()
-        method.on_epoch_end(e)
-    return opt
+    return train_with_method(model, method, data, epochs, opt or optimizer(model, method), on_step)
 
 
 def used_weights(model) -> dict[str, torch.Tensor]:
@@ -157,7 +131,7 @@ def test_resuming_a_fixed_mask_stage_gives_the_uninterrupted_run(name):
     model, method, opt = start()
     method.on_train_start(spe, epochs, 0)
     for t in range(stop):
-        step(model, method, opt, *data[t % spe])
+        method_step(model, method, opt, *data[t % spe])
     saved = roundtrip({"model": model.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict()})
 
     model, method, opt = start()
@@ -167,7 +141,7 @@ def test_resuming_a_fixed_mask_stage_gives_the_uninterrupted_run(name):
     model = method.attach(model)
     method.on_train_start(spe, epochs, stop // spe)
     for t in range(stop, spe * epochs):
-        step(model, method, opt, *data[t % spe])
+        method_step(model, method, opt, *data[t % spe])
     for n, w in used_weights(model).items():
         assert torch.allclose(w, reference[n], atol=1e-6), n
 

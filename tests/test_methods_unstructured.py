@@ -5,7 +5,6 @@ CPU thread: the machine is shared). The slow tests run one real pipeline per met
 digits (sparse training -> activation search -> final)."""
 
 import io
-import json
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from safs.models import create_model
+from conftest import lenet, method_sgd, method_step, random_batches, train_with_method
 from safs.sparsity import create_method
 from safs.sparsity.masks import MASK, masked_layers
 from safs.training.measure import measure
@@ -27,45 +26,6 @@ SHAPE = (1, 28, 28)
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread(one_torch_thread):
     yield
-
-
-def lenet(seed=0):
-    torch.manual_seed(seed)
-    return create_model("lenet5", 10, SHAPE)
-
-
-def batches(n=12, size=8, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, *SHAPE, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
-
-
-def sgd(model, method, lr=0.05, weight_decay=5e-4):
-    groups = method.param_groups(model, [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
-
-
-def step(model, method, opt, x, y):
-    model.train()
-    loss = nn.functional.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    method.before_step()
-    opt.step()
-    method.after_step()
-
-
-def train(model, method, data, epochs=1, opt=None, on_step=None):
-    """``epochs`` passes over ``data`` with the training hooks, as ``safs.stages.train.fit``."""
-    opt = opt or sgd(model, method)
-    method.on_train_start(len(data), epochs, 0)
-    for e in range(epochs):
-        method.on_epoch_start(e)
-        for x, y in data:
-            step(model, method, opt, x, y)
-            if on_step:
-                on_step()
-        method.on_epoch_end(e)
-    return opt
 
 
 def zeros_of(model):
@@ -116,7 +76,7 @@ def test_exact_methods_reach_the_target_after_training_and_finalize(name):
     model = lenet()
     method = create_method(name, target)
     model = method.attach(model)
-    train(model, method, batches(6), epochs=2)
+    train_with_method(model, method, random_batches(6), epochs=2)
     assert attached_sparsity(model) == pytest.approx(target, abs=0.005)
     final = method.finalize(model)
     assert zeros_of(final) == pytest.approx(target, abs=0.005)
@@ -164,7 +124,7 @@ def test_gmp_follows_the_cubic_schedule_step_by_step():
             assert torch.all(m.weight[~getattr(m, MASK)] == 0)
         seen.append(method.current_sparsity)
 
-    train(model, method, batches(spe), epochs=epochs, on_step=check)
+    train_with_method(model, method, random_batches(spe), epochs=epochs, on_step=check)
     assert seen[0] == s_i and seen[-1] == s_f and len(set(seen)) == n + 1  # s_i, 3 updates
     assert seen == sorted(seen)
 
@@ -194,7 +154,7 @@ def test_st3_follows_the_cubic_schedule_step_by_step(name):
                 assert torch.equal(zeros[n], fixed_weights["masks"][n])
                 assert torch.all(m.weight[~zeros[n]] == 0)  # W := Ŵ in storage
 
-    train(model, method, batches(spe), epochs=epochs, on_step=check)
+    train_with_method(model, method, random_batches(spe), epochs=epochs, on_step=check)
     assert fixed_weights
 
 
@@ -202,7 +162,7 @@ def test_st3_masks_swap_while_the_target_is_constant_with_fix_at_one():
     method = create_method("st3", 0.7, {"start": 0.0, "end": 0.25, "fix_at": 1.0})
     model = method.attach(lenet())
     masks = []
-    train(model, method, batches(8), epochs=2, opt=None,
+    train_with_method(model, method, random_batches(8), epochs=2, opt=None,
           on_step=lambda: masks.append(torch.cat([getattr(m, MASK).flatten() for m in masked_layers(model).values()])))
     assert method.fixed and method.step == 16  # fixed at the end of the stage
     after = masks[4:]  # from the end of the schedule on: constant count, changing set
@@ -217,10 +177,10 @@ def test_dnw_straight_through_reaches_pruned_weights_and_they_can_swap_in():
     fc1 = model.fc1
     with torch.no_grad():
         before = fc1.effective_weight() != 0
-    x, y = batches(1)[0]
+    x, y = random_batches(1)[0]
     nn.functional.cross_entropy(model(x), y).backward()
     assert fc1.weight.grad[~before].abs().sum() > 0  # the dense weights keep learning
-    train(model, method, batches(8), epochs=3, opt=sgd(model, method, lr=0.5))
+    train_with_method(model, method, random_batches(8), epochs=3, opt=method_sgd(model, method, lr=0.5))
     with torch.no_grad():
         after = fc1.effective_weight() != 0
     assert int(after.sum()) == int(before.sum())  # exact count
@@ -233,8 +193,8 @@ def str_sparsity(s_init, weight_decay, steps=8):
     model = lenet()
     method = create_method("str", 0.0, {"mode": "free", "s_init": s_init, "weight_decay": weight_decay})
     model = method.attach(model)
-    opt = sgd(model, method, lr=0.1, weight_decay=0.0)
-    train(model, method, batches(steps), opt=opt)
+    opt = method_sgd(model, method, lr=0.1, weight_decay=0.0)
+    train_with_method(model, method, random_batches(steps), opt=opt)
     return zeros_of(method.finalize(model)), method
 
 
@@ -288,8 +248,8 @@ def test_finalize_round_trips_through_save_and_load_model(name, tmp_path):
     plain_keys = set(model.state_dict())
     method = create_method(name, 0.8, options)
     method_model = method.attach(model)
-    train(method_model, method, batches(6), epochs=2)
-    x = batches(1, size=16, seed=7)[0][0]
+    train_with_method(method_model, method, random_batches(6), epochs=2)
+    x = random_batches(1, size=16, seed=7)[0][0]
     expected = logits(method_model, x)
     final = method.finalize(method_model)
     assert torch.equal(logits(method_model, x), expected)  # the attached model is left alone
@@ -315,7 +275,7 @@ def test_direct_prune_attach_prune_finalize(name):
     model = lenet()
     method = create_method(name, 0.75)
     model = method.attach(model)
-    x = batches(1, size=4)[0][0]
+    x = random_batches(1, size=4)[0][0]
     unpruned = method.finalize(model).state_dict()
     method.prune(model, 0.6)  # a target of its own
     expected = logits(model, x)
@@ -334,14 +294,14 @@ def test_a_sparse_input_model_keeps_its_sparsity_in_a_later_stage(name, tmp_path
 
     first = create_method(name, 0.8, {"s_init": -3.0} if name == "str" else {})
     model = first.attach(lenet())
-    train(model, first, batches(6), epochs=2)
+    train_with_method(model, first, random_batches(6), epochs=2)
     save_model(tmp_path / "m.pt", first.finalize(model), meta(), name)
     model, _ = load_model(tmp_path / "m.pt")
     before = {n: getattr(m, MASK).clone() for n, m in masked_layers(model).items()}
     sparsity = zeros_of(model)
     later = create_method(name, 0.8, {"s_init": -3.0} if name == "str" else {})
     model = later.attach(model)
-    train(model, later, batches(6, seed=3), epochs=2)
+    train_with_method(model, later, random_batches(6, seed=3), epochs=2)
     final = later.finalize(model)
     assert zeros_of(final) == sparsity
     for n, m in masked_layers(final).items():  # fixed masks
@@ -369,7 +329,7 @@ def test_resume_gives_the_same_masks_as_an_uninterrupted_run(name, options, stop
     """The order of ``safs.stages.train.fit`` on resume: attach a fresh model, build the
     optimizer, load the model and optimizer state, method.load_state_dict, attach again,
     on_train_start(steps_per_epoch, epochs, start_epoch)."""
-    data, spe, epochs = batches(6), 6, 3
+    data, spe, epochs = random_batches(6), 6, 3
 
     def masks(model):
         with torch.no_grad():
@@ -379,28 +339,28 @@ def test_resume_gives_the_same_masks_as_an_uninterrupted_run(name, options, stop
     def run(model, method, opt, start, record):
         method.on_train_start(spe, epochs, start // spe)
         for t in range(start, spe * epochs):
-            step(model, method, opt, *data[t % spe])
+            method_step(model, method, opt, *data[t % spe])
             record.append(masks(model))
 
     method = create_method(name, 0.8, options)
     model = method.attach(lenet())
-    opt = sgd(model, method)
+    opt = method_sgd(model, method)
     reference = []
     run(model, method, opt, 0, reference)
 
     method = create_method(name, 0.8, options)
     model = method.attach(lenet())
-    opt = sgd(model, method)
+    opt = method_sgd(model, method)
     first = []
     method.on_train_start(spe, epochs, 0)
     for t in range(stop):
-        step(model, method, opt, *data[t % spe])
+        method_step(model, method, opt, *data[t % spe])
         first.append(masks(model))
     saved = roundtrip({"model": model.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict()})
 
     method = create_method(name, 0.8, options)
     model = method.attach(lenet(seed=5))  # different initial weights: everything comes from the checkpoint
-    opt = sgd(model, method)
+    opt = method_sgd(model, method)
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     method.load_state_dict(saved["method"])
