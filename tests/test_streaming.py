@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from conftest import write_tree
 from safs.data import DataError, batches, load_dataset
-from safs.data.batching import Batches
-from safs.data.streaming import FileSplit, StreamedBatches, fits_in_memory, memory_budget, shard
+from safs.data.batching import Batches, shard
+from safs.data.streaming import FileSplit, StreamedBatches, fits_in_memory, memory_budget
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -103,6 +103,22 @@ def test_rank_shards_are_disjoint_equal_and_cover_the_truncated_order(tree, worl
     ys = [torch.cat([y for _, y in b.epoch(2)]) for b in ranks]
     assert all(len(y) == size for y in ys)
     assert torch.equal(torch.stack(ys, 1).flatten(), streamed.train.y[order[: size * world_size]])
+
+
+@pytest.mark.parametrize("split, train", [("train", True), ("test", False)])
+def test_in_memory_rank_shards_are_the_streamed_ones(tree, split, train):
+    memory, streamed = both(tree)
+    for rank in range(3):
+        mem = batches(memory, split, 4, train=train, seed=2, rank=rank, world_size=3)
+        st = batches(streamed, split, 4, train=train, seed=2, rank=rank, world_size=3, workers=0)
+        assert len(mem) == len(st)
+        pairs = list(zip(batch_list(mem, 1), batch_list(st, 1)))
+        assert len(pairs) == len(mem) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
+    n = len(memory.split(split))
+    whole = torch.cat([y for _, y in batches(memory, split, 4, train=train, seed=2).epoch(1)])
+    shares = [torch.cat([y for _, y in batches(memory, split, 4, train=train, seed=2, rank=r, world_size=3).epoch(1)])
+              for r in range(3)]
+    assert torch.equal(torch.stack(shares, 1).flatten(), whole[: n - n % 3])
 
 
 def test_shard_arguments():
@@ -236,3 +252,17 @@ def test_a_pipeline_streamed_from_files_trains_like_in_memory_and_rows_are_model
             acc = (model(normalise(ds.test.x, ds)).argmax(1) == ds.test.y).float().mean().item()
         assert acc == pytest.approx(rec["row"]["test_acc"], abs=0.005), (rec["name"], acc, rec["row"])
     assert rows["streamed"]["dense"]["test_acc"] > 0.5  # three colours: learnt in two epochs
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_file_met_while_streaming_is_one_line_naming_it(tmp_path, workers):
+    write_tree(tmp_path, per_class=4)
+    bad = tmp_path / "class_1" / "img_999.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    streamed = load_dataset("imagefolder", tmp_path, image_size=8, in_memory=False, test_fraction=0.01)
+    assert str(bad.relative_to(tmp_path)) in streamed.train.paths + streamed.val.paths  # listed, not opened
+    split = "train" if str(bad.relative_to(tmp_path)) in streamed.train.paths else "val"
+    with pytest.raises(DataError) as err:
+        batch_list(batches(streamed, split, 4, workers=workers), 0)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("data.data_dir: cannot decode image") and str(bad) in msg

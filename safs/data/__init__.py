@@ -305,8 +305,6 @@ def batches(dataset: Dataset, split: str = "train", batch_size: int = 128, *, tr
                                world_size=world_size, workers=workers)
     from .batching import Batches
 
-    if int(world_size) == 1 and int(rank) == 0:
-        return Batches(dataset, split, batch_size, train=train, seed=seed, augment=augment)
     return Batches(dataset, split, batch_size, train=train, seed=seed, augment=augment, rank=rank,
                    world_size=world_size)
 

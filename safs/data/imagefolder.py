@@ -26,9 +26,11 @@ hash, hence a fresh decode; old cache files are never deleted by safs. The cache
 depend on the split seed: splits are drawn when it is loaded (memory-mapped, so a load costs
 about one copy of the pixels and takes seconds).
 
-Memory: the whole dataset is held as uint8, ``N x 3 x H x W`` bytes (on the trial's device
-too, when it trains on a GPU): 60,000 images at 32x32 are 184 MB, ImageNet's 1.28M training
-images at 224x224 are 193 GB (at 64x64: 16 GB). Data larger than memory does not stream yet.
+Memory: held in memory, the whole dataset is uint8, ``N x 3 x H x W`` bytes (on the trial's
+device too, when it trains on a GPU): 60,000 images at 32x32 are 184 MB, ImageNet's 1.28M
+training images at 224x224 are 193 GB (at 64x64: 16 GB). ``in_memory=False`` (or ``"auto"``
+over the memory budget) gives the splits as file lists instead, with the same rows; their
+batches are decoded by DataLoader workers (``safs.data.streaming``) and nothing is cached.
 
 Normalisation uses ImageNet's per-channel mean and std; the default training augmentation is
 a random crop after zero padding by 1/8 of the side (28 px at 224, as CIFAR-10's 4 of 32) and

@@ -12,9 +12,10 @@ and the order of the in-memory ``Batches``:
 * the crop and flip run on the batch on the trial's device, as in memory, and so does the
   normalisation; labels never leave the device.
 
-``rank``/``world_size`` shard an epoch for data-parallel trials: rank r takes positions r,
-r + world_size, ... of the epoch's order truncated to a multiple of world_size, so the ranks'
-shares are disjoint, equally long and together the whole truncated order.
+``rank``/``world_size`` shard an epoch for data-parallel trials as ``Batches`` does
+(``batching.shard``): rank r takes positions r, r + world_size, ... of the epoch's order
+truncated to a multiple of world_size, so the ranks' shares are disjoint, equally long and
+together the whole truncated order.
 
 Whether a dataset streams is ``data.in_memory``: true, false, or ``auto``, which holds it in
 memory when its decoded pixels fit the memory budget (:func:`fits_in_memory`).
@@ -32,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .base import DataError, Dataset
+from .batching import shard
 
 __all__ = ["FileSplit", "StreamedBatches", "fits_in_memory", "loader_workers", "memory_budget", "shard"]
 
@@ -159,14 +161,6 @@ def loader_workers(workers: int | None = None) -> int:
     return max(1, min(8, cpus))
 
 
-def shard(n: int, rank: int = 0, world_size: int = 1) -> slice:
-    """Rank ``rank``'s positions in an epoch order of ``n``: every world_size-th, from ``rank``,
-    of the first ``n - n % world_size`` (disjoint, equally long, together that prefix)."""
-    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-        raise ValueError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
-    return slice(int(rank), n - n % int(world_size), int(world_size))
-
-
 # ------------------------------------------------------------------ batching
 
 
@@ -247,10 +241,25 @@ class StreamedBatches:
             flips = flips.to(device, non_blocking=True)
         augment = shifts is not None or flips is not None
         self._order.batches = [order[i * bs : (i + 1) * bs].tolist() for i in range(steps)]
-        for i, xb in enumerate(self._data_loader()):
+        for i, xb in enumerate(_one_line_errors(self._data_loader())):
             sl = slice(i * bs, (i + 1) * bs)
             xb = xb.to(device, non_blocking=True)
             if augment:
                 xb = _apply_augment(xb, self.crop_padding, None if shifts is None else shifts[sl],
                                     None if flips is None else flips[sl])
             yield _apply_norm(xb, self._mult, self._bias), self.y[index[sl]]
+
+
+def _one_line_errors(loader: Iterator) -> Iterator:
+    """The loader's batches; a file that does not decode in a worker process is the one-line
+    DataError the in-memory path gives (the worker's is re-raised with its traceback inside)."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except DataError as e:
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            last = lines[-1] if lines else ""
+            raise DataError(last.split("DataError: ", 1)[-1]) from None
