@@ -81,8 +81,8 @@ REGISTRY: dict[str, _Entry] = {
         "imagefolder",
         "load_imagefolder",
         "JPEG/PNG images in class folders (train/<class>, val/<class> used as test; or one tree split "
-        "train/val/test), RGB resized to data.image_size (default 32x32); decoded once, cached as uint8; "
-        "crop+flip augmentation",
+        "train/val/test), RGB resized to data.image_size (default 32x32); decoded once, cached as uint8, "
+        "or streamed from the files (data.in_memory); crop+flip augmentation",
         0,
         (3, 32, 32),
         True,
@@ -92,7 +92,8 @@ REGISTRY: dict[str, _Entry] = {
         "imagefolder",
         "load_imagenet",
         "ImageNet (ILSVRC train/<wnid>, val/<wnid> used as test), resize 256 + centre crop 224 "
-        "(data.image_size sets the crop); decoded once, cached as uint8; crop+flip augmentation",
+        "(data.image_size sets the crop); decoded once, cached as uint8, or streamed from the files "
+        "(data.in_memory); crop+flip augmentation",
         1000,
         (3, 224, 224),
         True,
