@@ -41,6 +41,22 @@ class DataConfig(_Strict):
     test_fraction: float | None = Field(default=None, gt=0, lt=1)
     # [H, W] (or one int) of the image-tree datasets (imagefolder, imagenet); None: their default.
     image_size: list[int] | int | None = None
+    # Image trees: decode into memory (true), stream from the files (false), or decide by the
+    # memory budget (auto; safs.data.streaming). Other datasets are always in memory.
+    in_memory: Literal["auto"] | bool = "auto"
+    memory_budget_gb: float | None = Field(default=None, gt=0)  # auto's budget; None: half the free memory
+    loader_workers: int | None = Field(default=None, ge=0)  # streamed: DataLoader processes; None: the trial's CPUs
+
+    @field_validator("in_memory", mode="before")
+    @classmethod
+    def _in_memory(cls, v: Any, info) -> Any:
+        from safs.data import DataError, check_in_memory
+
+        try:
+            check_in_memory(info.data.get("name") or "", v)
+        except DataError as e:  # its message names the field already
+            raise ValueError(str(e).removeprefix("data.in_memory: ")) from None
+        return v
 
     @field_validator("name")
     @classmethod

@@ -80,13 +80,18 @@ def space_module(kind: str):
     return None
 
 
+DATA_READING = ("in_memory", "memory_budget_gb", "loader_workers")
+
+
 def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     """Resolve every stage to its settings, hash and directory. Reads the search stages'
     space files (nothing else) and writes nothing."""
     run_dir = Path(results_root) / cfg.name
     context = {  # what the first stage's output depends on besides its own settings
-        # image_size only where it is set, so the hashes of datasets without one stay as they were
-        "data": cfg.data.model_dump(mode="json", exclude={"data_dir"} | ({"image_size"} if cfg.data.image_size is None else set())),
+        # image_size only where it is set, so the hashes of datasets without one stay as they were;
+        # in memory or streamed, a split yields the same batches: how it is read is not hashed
+        "data": cfg.data.model_dump(mode="json", exclude={"data_dir", *DATA_READING}
+                                    | ({"image_size"} if cfg.data.image_size is None else set())),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.seed,
     }

@@ -145,3 +145,37 @@ def train_with_method(model, method, data, epochs: int = 1, opt=None, on_step=No
                 on_step()
         method.on_epoch_end(e)
     return opt
+
+
+# --------------------------------------------------------------------------- image trees
+# Class folders of real PNG and JPEG files (test_imagefolder.py, test_streaming.py).
+
+COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # class c: channel c dominates
+
+
+def tree_image(c: int, i: int, h: int = 40, w: int = 30) -> "torch.Tensor":  # noqa: F821
+    """A coloured rectangle on black, class c's colour; i moves it so images differ."""
+    import torch
+
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    top, left = 4 + i % 6, 3 + i % 5
+    img[:, top : top + h // 2, left : left + w // 2] = torch.tensor(COLOURS[c], dtype=torch.uint8).view(3, 1, 1)
+    return img
+
+
+def write_tree(root: Path, per_class: int = 20, classes: int = 3, h: int = 40, w: int = 30, grey_every: int = 0):
+    """Alternating PNG and JPEG files; with ``grey_every`` some PNGs are single-channel."""
+    from torchvision.io import write_jpeg, write_png
+
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = tree_image(c, i, h, w)
+            if i % 2:
+                if grey_every and i % grey_every == 1:
+                    img = img.max(0, keepdim=True).values
+                write_png(img, str(d / f"img_{i:03d}.png"))
+            else:
+                write_jpeg(img, str(d / f"img_{i:03d}.JPG"), quality=95)
+    return root

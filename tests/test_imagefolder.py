@@ -9,38 +9,13 @@ import torch
 from click.testing import CliRunner
 from torchvision.io import write_jpeg, write_png
 
+from conftest import write_tree
+
 from safs.data import DataError, check_dataset, dataset_shape, load_dataset
 from safs.data import imagefolder
 
 # torchvision 0.29 announces TorchCodec on every encode and decode
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-
-COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]  # class c: channel c dominates
-
-
-def image(c: int, i: int, h: int = 40, w: int = 30) -> torch.Tensor:
-    """A coloured rectangle on black, class c's colour; i moves it so images differ."""
-    img = torch.zeros(3, h, w, dtype=torch.uint8)
-    top, left = 4 + i % 6, 3 + i % 5
-    img[:, top : top + h // 2, left : left + w // 2] = torch.tensor(COLOURS[c], dtype=torch.uint8).view(3, 1, 1)
-    return img
-
-
-def write_tree(root: Path, per_class: int = 20, classes: int = 3, h: int = 40, w: int = 30, grey_every: int = 0):
-    """Alternating PNG and JPEG files; with ``grey_every`` some PNGs are single-channel."""
-    for c in range(classes):
-        d = root / f"class_{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = image(c, i, h, w)
-            if i % 2:
-                if grey_every and i % grey_every == 1:
-                    img = img.max(0, keepdim=True).values
-                write_png(img, str(d / f"img_{i:03d}.png"))
-            else:
-                write_jpeg(img, str(d / f"img_{i:03d}.JPG"), quality=95)
-    return root
-
 
 def dominant(x: torch.Tensor) -> torch.Tensor:
     """The channel with the most total intensity, per image."""

@@ -7,9 +7,13 @@ and ``safs.data.batching`` (which import torch) are loaded on first use.
 Typical use inside a trial::
 
     ds = load_dataset("cifar10", data_dir, seed=seed).to(device)
-    train = Batches(ds, "train", batch_size, seed=seed)
+    train = batches(ds, "train", batch_size, seed=seed)
     for x, y in train.epoch(epoch): ...
-    val = Batches(ds, "val", 512, train=False)
+    val = batches(ds, "val", 512, train=False)
+
+``batches`` gives the in-memory ``Batches`` or, for an image tree loaded with
+``in_memory=False`` (or ``"auto"`` over the memory budget), ``streaming.StreamedBatches``:
+the same interface and the same order.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "Dataset",
     "Split",
     "augment_batch",
+    "batches",
     "check_dataset",
     "dataset_info",
     "dataset_shape",
@@ -37,6 +42,7 @@ __all__ = [
     "normalise",
     "register_dataset",
     "sized_datasets",
+    "streamable_datasets",
 ]
 
 
@@ -75,8 +81,8 @@ REGISTRY: dict[str, _Entry] = {
         "imagefolder",
         "load_imagefolder",
         "JPEG/PNG images in class folders (train/<class>, val/<class> used as test; or one tree split "
-        "train/val/test), RGB resized to data.image_size (default 32x32); decoded once, cached as uint8; "
-        "crop+flip augmentation",
+        "train/val/test), RGB resized to data.image_size (default 32x32); decoded once, cached as uint8, "
+        "or streamed from the files (data.in_memory); crop+flip augmentation",
         0,
         (3, 32, 32),
         True,
@@ -86,7 +92,8 @@ REGISTRY: dict[str, _Entry] = {
         "imagefolder",
         "load_imagenet",
         "ImageNet (ILSVRC train/<wnid>, val/<wnid> used as test), resize 256 + centre crop 224 "
-        "(data.image_size sets the crop); decoded once, cached as uint8; crop+flip augmentation",
+        "(data.image_size sets the crop); decoded once, cached as uint8, or streamed from the files "
+        "(data.in_memory); crop+flip augmentation",
         1000,
         (3, 224, 224),
         True,
@@ -207,6 +214,20 @@ def sized_datasets() -> list[str]:
     return sorted(n for n, e in REGISTRY.items() if e.sized)
 
 
+def streamable_datasets() -> list[str]:
+    """Datasets that can stream from their files (``data.in_memory: false``): the image trees."""
+    return sized_datasets()
+
+
+def check_in_memory(name: str, in_memory: Any) -> None:
+    """``data.in_memory``: "auto", true or false; false only for ``streamable_datasets()``."""
+    if in_memory not in ("auto", True, False) or isinstance(in_memory, int) and not isinstance(in_memory, bool):
+        raise DataError(f"data.in_memory: expected auto, true or false, got {in_memory!r}")
+    if in_memory is False and name not in streamable_datasets():
+        raise DataError(f"data.in_memory: dataset '{name}' is always held in memory; in_memory: false is only "
+                        f"for {', '.join(streamable_datasets())}")
+
+
 def _check_sized(name: str, e: _Entry, image_size: Any) -> None:
     if image_size is not None and not e.sized:
         raise DataError(f"data.image_size: dataset '{name}' has a fixed image size; image_size is only for "
@@ -242,22 +263,51 @@ def load_dataset(
     val_fraction: float | None = None,
     test_fraction: float | None = None,
     image_size: Any = None,
+    in_memory: bool | str = True,
+    memory_budget_gb: float | None = None,
+    device: Any = None,
+    loader_workers: int | None = None,
 ) -> Dataset:
     """Load dataset ``name`` on the CPU (call ``.to(device)`` afterwards).
 
     ``seed`` fixes the train/val(/test) split; ``None`` fractions mean the
     dataset's defaults. Datasets with an official test set reject
     ``test_fraction``. ``image_size`` ([H, W]) is for the image-tree datasets
-    (``sized_datasets()``) only. All user-facing problems raise ``DataError``.
+    (``sized_datasets()``) only. ``in_memory=False`` gives an image tree's file
+    lists instead of its decoded pixels (streamed by ``batches``); ``"auto"``
+    decides by the memory budget (``memory_budget_gb``, else a share of the free
+    memory of the machine and of ``device`` when it is a GPU; ``safs.data.streaming``);
+    other datasets are always in memory. ``loader_workers``: a streamed split's DataLoader
+    processes (None: the trial's CPUs). All user-facing problems raise ``DataError``.
     """
     entry = _entry(name)
     _check_sized(name, entry, image_size)
+    check_in_memory(name, in_memory)
     if name in _LOADERS:
         return _LOADERS[name](data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     module = importlib.import_module(f"{__name__}.{entry.module}")
     loader: Callable[..., Dataset] = getattr(module, entry.function)
-    extra = {"image_size": image_size} if entry.sized else {}
+    extra = {"image_size": image_size, "in_memory": in_memory, "memory_budget_gb": memory_budget_gb,
+             "device": device, "loader_workers": loader_workers} if entry.sized else {}
     return loader(data_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, **extra)
+
+
+def batches(dataset: Dataset, split: str = "train", batch_size: int = 128, *, train: bool = True, seed: int = 0,
+            augment: bool | None = None, rank: int = 0, world_size: int = 1, workers: int | None = None):
+    """The mini-batches of one split, whether it is in memory (``Batches``) or streamed from
+    its files (``streaming.StreamedBatches``): ``epoch(e)`` yields (x, y) on the dataset's
+    device in the order fixed by (seed, e); ``len()`` counts this rank's batches.
+    ``rank``/``world_size``: this rank's disjoint, equally long share of each epoch.
+    ``workers``: DataLoader processes of a streamed split (None: the split's own setting)."""
+    if dataset.streamed:
+        from .streaming import StreamedBatches
+
+        return StreamedBatches(dataset, split, batch_size, train=train, seed=seed, augment=augment, rank=rank,
+                               world_size=world_size, workers=workers)
+    from .batching import Batches
+
+    return Batches(dataset, split, batch_size, train=train, seed=seed, augment=augment, rank=rank,
+                   world_size=world_size)
 
 
 def __getattr__(attr: str) -> Any:

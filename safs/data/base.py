@@ -43,10 +43,18 @@ class Split:
     def to(self, device: Any) -> Split:
         return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
 
 @dataclass
 class Dataset:
-    """A fully materialised dataset plus how to turn raw ``x`` into model input.
+    """A dataset's splits plus how to turn raw ``x`` into model input.
+
+    The splits are in memory (:class:`Split`), or, for a streamed image tree, file lists
+    (``safs.data.streaming.FileSplit``) decoded batch by batch; ``safs.data.batches`` iterates
+    either.
 
     Normalisation is ``(x.float() * scale - mean) / std``; ``mean``/``std`` are
     optional and broadcast against (B, C, H, W) (per-channel (1, C, 1, 1) or a
@@ -86,7 +94,12 @@ class Dataset:
 
     @property
     def device(self) -> torch.device:
-        return self.train.x.device
+        return self.train.device
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits are file lists read batch by batch (not tensors in memory)."""
+        return not isinstance(self.train, Split)
 
 
 # --------------------------------------------------------------------------- splits

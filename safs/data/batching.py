@@ -16,7 +16,7 @@ import torch
 
 from .base import Dataset
 
-__all__ = ["Batches", "augment_batch", "normalise"]
+__all__ = ["Batches", "augment_batch", "normalise", "shard"]
 
 # ----------------------------------------------------------------- normalisation
 
@@ -148,6 +148,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return gen
 
 
+def shard(n: int, rank: int = 0, world_size: int = 1) -> slice:
+    """Rank ``rank``'s positions in an epoch order of ``n``: every world_size-th, from ``rank``,
+    of the first ``n - n % world_size`` (disjoint, equally long, together that prefix)."""
+    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+        raise ValueError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
+    return slice(int(rank), n - n % int(world_size), int(world_size))
+
+
 class Batches:
     """Iterates one split of a (device-resident) Dataset in mini-batches.
 
@@ -157,7 +165,8 @@ class Batches:
     ``train=False``: samples in stored order, never augmented (``augment`` is
     ignored). Yields ``(x, y)`` with ``x`` normalised float32 and both on the
     dataset's device. The tensors are captured at construction: build a new
-    Batches after ``dataset.to(device)``.
+    Batches after ``dataset.to(device)``. ``rank``/``world_size``: this rank's share
+    (``shard``) of each epoch's order, for data-parallel trials.
     """
 
     def __init__(
@@ -170,6 +179,8 @@ class Batches:
         seed: int = 0,
         augment: bool | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -177,6 +188,8 @@ class Batches:
         self.x = data.x
         self.y = data.y
         self.num_samples = len(data)
+        self.positions = shard(self.num_samples, rank, world_size)
+        self.share = len(range(self.num_samples)[self.positions])
         self.batch_size = int(batch_size)
         self.train = bool(train)
         self.seed = int(seed)
@@ -190,8 +203,8 @@ class Batches:
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+            return self.share // self.batch_size
+        return -(-self.share // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of epoch ``epoch`` (0-based; only matters when training)."""
@@ -199,7 +212,7 @@ class Batches:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         bs, steps = self.batch_size, len(self)
         mult, bias = self._mult, self._bias
-        if not self.train:
+        if not self.train and self.positions.step == 1:
             for i in range(steps):
                 # Contiguous slices are views: no gather needed in evaluation.
                 yield _apply_norm(self.x[i * bs : (i + 1) * bs], mult, bias), self.y[i * bs : (i + 1) * bs]
@@ -208,8 +221,10 @@ class Batches:
         device = self.x.device
         # Everything random for the epoch is drawn up front on the CPU and moved
         # once, so steps do no host<->device traffic and results are device independent.
-        perm = torch.randperm(self.num_samples, generator=gen).to(device, non_blocking=True)
-        shifts, flips = _draw_params(self.num_samples, self.crop_padding, self.flip, gen, device)
+        n, pick = self.num_samples, self.positions
+        perm = (torch.randperm(n, generator=gen) if self.train else torch.arange(n))[pick].to(device, non_blocking=True)
+        shifts, flips = _draw_params(n, self.crop_padding, self.flip, gen, device)
+        shifts, flips = (None if t is None else t[pick] for t in (shifts, flips))
         augment = shifts is not None or flips is not None
         for i in range(steps):
             sl = slice(i * bs, (i + 1) * bs)

@@ -26,9 +26,11 @@ hash, hence a fresh decode; old cache files are never deleted by safs. The cache
 depend on the split seed: splits are drawn when it is loaded (memory-mapped, so a load costs
 about one copy of the pixels and takes seconds).
 
-Memory: the whole dataset is held as uint8, ``N x 3 x H x W`` bytes (on the trial's device
-too, when it trains on a GPU): 60,000 images at 32x32 are 184 MB, ImageNet's 1.28M training
-images at 224x224 are 193 GB (at 64x64: 16 GB). Data larger than memory does not stream yet.
+Memory: held in memory, the whole dataset is uint8, ``N x 3 x H x W`` bytes (on the trial's
+device too, when it trains on a GPU): 60,000 images at 32x32 are 184 MB, ImageNet's 1.28M
+training images at 224x224 are 193 GB (at 64x64: 16 GB). ``in_memory=False`` (or ``"auto"``
+over the memory budget) gives the splits as file lists instead, with the same rows; their
+batches are decoded by DataLoader workers (``safs.data.streaming``) and nothing is cached.
 
 Normalisation uses ImageNet's per-channel mean and std; the default training augmentation is
 a random crop after zero padding by 1/8 of the side (28 px at 224, as CIFAR-10's 4 of 32) and
@@ -215,6 +217,12 @@ def decode_file(path: Path, transform: dict[str, Any]):
     return img.to(torch.uint8).contiguous()
 
 
+def quiet_decoder() -> None:
+    """Silence torchvision 0.29's notice that TorchCodec supersedes its decoders (once per image)."""
+    warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision",
+                            DeprecationWarning)
+
+
 def _decode_all(root: Path, files: list[tuple[str, int, int, int]], transform: dict[str, Any], shape_: tuple):
     """Decode ``files`` into one uint8 (N, 3, H, W) tensor and int64 labels, on threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -227,9 +235,7 @@ def _decode_all(root: Path, files: list[tuple[str, int, int, int]], transform: d
     def one(i: int) -> None:
         x[i] = decode_file(root / files[i][0], transform)
 
-    # torchvision 0.29 announces that TorchCodec supersedes its decoders, once per image
-    warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision",
-                            DeprecationWarning)
+    quiet_decoder()
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         for _ in pool.map(one, range(len(files))):  # re-raises the first failure
@@ -251,11 +257,12 @@ def _read_cache(path: Path, classes: Sequence[str]) -> dict | None:
     return blob
 
 
-def load_parts(layout: Layout, dataset: str, size: tuple[int, int]) -> dict:
-    """{"classes", "parts": {part: {"x", "y"}}} from the cache, decoding (and caching) on a miss."""
+def load_parts(layout: Layout, dataset: str, size: tuple[int, int], files: dict | None = None) -> dict:
+    """{"classes", "parts": {part: {"x", "y"}}} from the cache, decoding (and caching) on a miss.
+    ``files``: ``list_files(layout)``, when the caller has it already."""
     from safs.io import exclusive, torch_save
 
-    files = list_files(layout)
+    files = list_files(layout) if files is None else files
     transform = _transform(dataset, size)
     key = cache_key(layout, files, transform)
     where = cache_dir(layout.root)
@@ -283,30 +290,28 @@ def load_parts(layout: Layout, dataset: str, size: tuple[int, int]) -> dict:
 # --------------------------------------------------------------------------- loaders
 
 
-def _load(dataset: str, data_dir, seed: int, val_fraction, test_fraction, image_size) -> Dataset:
-    import torch
+def _rows(layout: Layout, files: dict[str, list], dataset: str, seed: int, val_fraction, test_fraction) -> dict:
+    """Split name -> (part, row indices into that part's file list, or None for all of it).
 
-    size = check_image_size(dataset, image_size)
-    layout = locate(data_dir, dataset)
+    The one split rule of both paths: the decoded tensors (in memory) and the file lists
+    (streamed) take the same rows, so either gives the same samples for the same seed."""
     if layout.split:
         fixed_test_fraction(dataset, test_fraction)
     val_fraction = check_fraction("val_fraction", 0.1 if val_fraction is None else val_fraction)
-    parts = load_parts(layout, dataset, size)["parts"]
     if layout.split:
-        x, y = parts["train"]["x"], parts["train"]["y"]
-        train_idx, val_idx = split_indices(len(y), [val_fraction], seed)
-        test = (parts["test"]["x"].clone(), parts["test"]["y"].clone())
-    else:
-        test_fraction = check_fraction("test_fraction", 0.2 if test_fraction is None else test_fraction)
-        x, y = parts["all"]["x"], parts["all"]["y"]
-        train_idx, val_idx, test_idx = split_indices(len(y), [val_fraction, test_fraction], seed)
-        test = _take(x, y, test_idx)
-    train, val = _take(x, y, train_idx), _take(x, y, val_idx)
+        train_idx, val_idx = split_indices(len(files["train"]), [val_fraction], seed)
+        return {"train": ("train", train_idx), "val": ("train", val_idx), "test": ("test", None)}
+    test_fraction = check_fraction("test_fraction", 0.2 if test_fraction is None else test_fraction)
+    train_idx, val_idx, test_idx = split_indices(len(files["all"]), [val_fraction, test_fraction], seed)
+    return {"train": ("all", train_idx), "val": ("all", val_idx), "test": ("all", test_idx)}
+
+
+def _dataset(dataset: str, layout: Layout, size: tuple[int, int], splits: dict) -> Dataset:
+    import torch
+
     return Dataset(
         name=dataset,
-        train=Split(*train),
-        val=Split(*val),
-        test=Split(*test),
+        **splits,
         num_classes=len(layout.classes),
         input_shape=(3, *size),
         scale=1.0 / 255.0,
@@ -318,6 +323,30 @@ def _load(dataset: str, data_dir, seed: int, val_fraction, test_fraction, image_
     )
 
 
+def _load(dataset: str, data_dir, seed: int, val_fraction, test_fraction, image_size, in_memory: Any = True,
+          memory_budget_gb: float | None = None, device: Any = None, loader_workers: int | None = None) -> Dataset:
+    from .streaming import FileSplit, fits_in_memory
+
+    size = check_image_size(dataset, image_size)
+    layout = locate(data_dir, dataset)
+    files = list_files(layout)
+    rows = _rows(layout, files, dataset, seed, val_fraction, test_fraction)
+    if in_memory == "auto":
+        images = sum(len(f) for f in files.values())
+        in_memory = fits_in_memory(dataset, images * 3 * size[0] * size[1], device, memory_budget_gb)
+    if not in_memory:
+        transform = _transform(dataset, size)
+        return _dataset(dataset, layout, size, {
+            split: FileSplit.of(layout.root, files[part], idx, transform, (3, *size), loader_workers)
+            for split, (part, idx) in rows.items()})
+    parts = load_parts(layout, dataset, size, files)["parts"]
+    splits = {}
+    for split, (part, idx) in rows.items():
+        x, y = parts[part]["x"], parts[part]["y"]
+        splits[split] = Split(x.clone(), y.clone()) if idx is None else Split(*_take(x, y, idx))
+    return _dataset(dataset, layout, size, splits)
+
+
 def _take(x, y, idx):
     """Rows ``idx`` of the (memory-mapped) cache as tensors in memory."""
     import torch
@@ -327,15 +356,22 @@ def _take(x, y, idx):
 
 
 def load_imagefolder(data_dir: str | os.PathLike | None = None, *, seed: int = 0, val_fraction: float | None = None,
-                     test_fraction: float | None = None, image_size: Any = None) -> Dataset:
-    """A class-per-folder tree of JPEG/PNG images: uint8 (N, 3, H, W) at ``image_size``."""
-    return _load("imagefolder", data_dir, seed, val_fraction, test_fraction, image_size)
+                     test_fraction: float | None = None, image_size: Any = None, in_memory: Any = True,
+                     memory_budget_gb: float | None = None, device: Any = None,
+                     loader_workers: int | None = None) -> Dataset:
+    """A class-per-folder tree of JPEG/PNG images: uint8 (N, 3, H, W) at ``image_size``
+    (``in_memory``: True, False (file lists, streamed) or "auto", see ``safs.data.streaming``)."""
+    return _load("imagefolder", data_dir, seed, val_fraction, test_fraction, image_size, in_memory,
+                 memory_budget_gb, device, loader_workers)
 
 
 def load_imagenet(data_dir: str | os.PathLike | None = None, *, seed: int = 0, val_fraction: float | None = None,
-                  test_fraction: float | None = None, image_size: Any = None) -> Dataset:
+                  test_fraction: float | None = None, image_size: Any = None, in_memory: Any = True,
+                  memory_budget_gb: float | None = None, device: Any = None,
+                  loader_workers: int | None = None) -> Dataset:
     """ILSVRC train/ and val/ class folders: resize 256, centre crop 224 (or ``image_size``)."""
-    return _load("imagenet", data_dir, seed, val_fraction, test_fraction, image_size)
+    return _load("imagenet", data_dir, seed, val_fraction, test_fraction, image_size, in_memory,
+                 memory_budget_gb, device, loader_workers)
 
 
 __all__ = ["load_imagefolder", "load_imagenet", "locate", "shape", "decode_file", "cache_key", "cache_dir"]

@@ -27,12 +27,16 @@ def dataset(spec: dict, device: torch.device):
 
     d = spec["data"]
     size = d.get("image_size")
+    reading = {"in_memory": d.get("in_memory", True), "memory_budget_gb": d.get("memory_budget_gb"),
+               "loader_workers": d.get("loader_workers")}
     key = (d["name"], d["data_dir"], d["split_seed"], d["val_fraction"], d["test_fraction"],
-           None if size is None else tuple(size), str(device))
+           None if size is None else tuple(size), str(device), *reading.values())
     if key not in _DATASETS:
         _DATASETS.clear()  # keep at most one dataset per worker in memory
+        # a streamed image tree is its file lists here; its batches decode the files
         ds = load_dataset(d["name"], d["data_dir"], seed=d["split_seed"],
-                          val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], image_size=size)
+                          val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], image_size=size,
+                          device=device, **reading)
         _DATASETS[key] = ds.to(device)
     return _DATASETS[key]
 

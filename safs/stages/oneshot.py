@@ -68,7 +68,7 @@ def discretized(method, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[s
 
 def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int) -> None:
     from safs.activations.mixture import annealed_tau, arch_parameters, mixture_table, set_tau, to_mixture
-    from safs.data import Batches
+    from safs.data import batches
 
     opts = oneshot_options(st)
     common.seed_trial(spec, token)
@@ -106,10 +106,10 @@ def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int
                 return
 
     seed = spec["seed"] * 1000 + spec["index"]
-    train_batches = Batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
-    arch_batches = Batches(ds, "val", st["batch_size"], train=True, seed=seed + 1, augment=False)
-    val_batches = Batches(ds, "val", st["eval_batch_size"], train=False)
-    test_batches = Batches(ds, "test", st["eval_batch_size"], train=False)
+    train_batches = batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
+    arch_batches = batches(ds, "val", st["batch_size"], train=True, seed=seed + 1, augment=False)
+    val_batches = batches(ds, "val", st["eval_batch_size"], train=False)
+    test_batches = batches(ds, "test", st["eval_batch_size"], train=False)
     autocast = lambda: autocast_for(device)  # noqa: E731
     meta = model_file.model_meta(spec, ds)
     method_name = spec["sparsity"] and spec["sparsity"]["method"]

@@ -12,7 +12,7 @@ from safs.training.loop import autocast_for, evaluate
 
 
 def run_trial(spec: dict) -> None:
-    from safs.data import Batches
+    from safs.data import batches
     from safs.sparsity import create_method
 
     from safs.training.measure import weight_sparsity
@@ -29,8 +29,8 @@ def run_trial(spec: dict) -> None:
     method.prune(model, st["target"])
     model = method.finalize(model)
     autocast = lambda: autocast_for(device)  # noqa: E731
-    val_loss, val_acc = evaluate(model, Batches(ds, "val", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
-    _, test_acc = evaluate(model, Batches(ds, "test", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
+    val_loss, val_acc = evaluate(model, batches(ds, "val", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
+    _, test_acc = evaluate(model, batches(ds, "test", st["eval_batch_size"], train=False).epoch(0), autocast=autocast)
     metrics = {"epoch": 0, "epochs": 0, "start_epoch": 0, "val_loss": val_loss, "val_acc": val_acc,
                "test_acc": test_acc, "sparsity": weight_sparsity(model), "selected_epoch": 0,
                "epoch_s": time.perf_counter() - t0}

@@ -57,7 +57,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     not the last epoch, on the last epoch's weights (``test_acc_last``); its other epochs
     report ``test_acc: None``.
     """
-    from safs.data import Batches
+    from safs.data import batches
     from safs.training.selection import EpochSelector
 
     from safs.training.recipes import WeightEMA, make_recipe
@@ -95,9 +95,9 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
                 return
 
     seed = spec["seed"] * 1000 + spec["index"]  # distinct data order per stage, fixed per seed
-    train_batches = Batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
-    val_batches = Batches(ds, "val", st["eval_batch_size"], train=False)
-    test_batches = Batches(ds, "test", st["eval_batch_size"], train=False)
+    train_batches = batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
+    val_batches = batches(ds, "val", st["eval_batch_size"], train=False)
+    test_batches = batches(ds, "test", st["eval_batch_size"], train=False)
     autocast = lambda: autocast_for(device)  # noqa: E731
     meta = model_file.model_meta(spec, ds)
     method_name = spec["sparsity"] and spec["sparsity"]["method"]
