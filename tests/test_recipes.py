@@ -273,7 +273,7 @@ def test_a_pipeline_with_a_teacher_runs_and_records_it(tmp_path, ray_session):
     assert teacher["status"] == student["status"] == "done"
     assert student["teacher_sha256"] == teacher["model_sha256"]
     assert student["spec"]["teacher"].endswith("model.pt") and student["input_sha256"] is None
-    assert student["metrics"]["val_acc"] > 0.3
+    assert student["row"]["val_acc"] > 0.3
     lines: list[str] = []
     runner.run(cfg, tmp_path, quiet=True, echo=lines.append)
     assert all("cached" in line for line in lines)
