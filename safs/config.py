@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from safs.io import deep_merge
-from safs.settings import TrainingSettings, _Strict
+from safs.settings import DistillConfig, TrainingSettings, _Strict
 
 
 class ConfigError(ValueError):
@@ -163,6 +163,11 @@ class TrainStage(TrainingSettings):
     # validation accuracy among the epochs at the stage's final sparsity, or the last epoch
     # (safs.training.selection).
     select: Literal["best", "last"] = "best"
+    # Start from freshly initialised weights (the pipeline's seed) instead of an earlier stage's
+    # model: a method trained from scratch after a teacher stage (SAS).
+    from_scratch: bool = False
+    # Distil from an earlier stage's model (safs.training.recipes.Distiller).
+    distill: DistillConfig | None = None
 
 
 class FidelityConfig(_Strict):
@@ -313,6 +318,8 @@ class PipelineConfig(_Strict):
                                   f"accepted: {', '.join(earlier) or '(none)'}")
             if isinstance(st, ActivationSearchStage) and st.input is not None and st.start_from == "pruned":
                 raise _FieldError(f"stages[{i}].start_from", "give either input or start_from: pruned, not both")
+            if isinstance(st, TrainStage):
+                _check_train_sources(st, f"stages[{i}]", list(earlier))
             source = getattr(st, "settings_from", None)
             if source is not None and earlier.get(source) != "hpo":
                 hpo = [n for n, k in earlier.items() if k == "hpo"]
@@ -340,6 +347,14 @@ def _check_protocol(cfg: "PipelineConfig", i: int) -> None:
         raise _FieldError("sparsity.method", f"'{method}' sparsifies during training, so prune stage "
                           f"'{st.name}' would make it one-shot pruning; use a train stage with sparse: true "
                           f"instead (prune stages accept: {', '.join(one_shot)})")
+
+
+def _check_train_sources(st: "TrainStage", path: str, earlier: list[str]) -> None:
+    if st.from_scratch and st.input is not None:
+        raise _FieldError(f"{path}.from_scratch", "give either input or from_scratch: true, not both")
+    if st.distill is not None and st.distill.teacher not in earlier:
+        raise _FieldError(f"{path}.distill.teacher", f"'{st.distill.teacher}' is not an earlier stage; "
+                          f"accepted: {', '.join(earlier) or '(none)'}")
 
 
 def _check_search_stage(st: ActivationSearchStage, path: str, after_prune: bool) -> None:

@@ -102,6 +102,8 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     for i, st in enumerate(cfg.stages):
         settings = st.model_dump(mode="json", exclude={"name", "label"})
         input_index = index[st.input] if st.input is not None else (i - 1 if i > 0 else None)
+        if getattr(st, "from_scratch", False):
+            input_index = None  # fresh weights: what the first stage starts from
         if isinstance(st, ActivationSearchStage) and st.start_from == "pruned":
             input_index = last_prune
         pruned = input_index is not None and after_prune[input_index]
@@ -132,6 +134,10 @@ def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
         payload = {"v": HASH_VERSION, "settings": hashed, "sparsity": sparsity, "upstream": upstream}
         if getattr(st, "settings_from", None):
             payload["settings_from"] = plans[index[st.settings_from]].hash
+        if getattr(st, "distill", None) is not None:
+            # The teacher by what it is (its hash), not by its name: a changed teacher is a new stage.
+            hashed["distill"] = {k: v for k, v in hashed["distill"].items() if k != "teacher"}
+            payload["teacher"] = plans[index[st.distill.teacher]].hash
         h = digest(payload, length=HASH_LENGTH)
         label = st.label or DEFAULT_LABELS.get(st.name, st.name)
         spec = {

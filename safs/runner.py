@@ -57,11 +57,16 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
     ray_up()
     source = plans[st.input_index] if st.input_index is not None else None
     spec = dict(st.spec, input=str(source.model_path.resolve()) if source else None)
+    teacher = _teacher(st, plans)
+    if teacher is not None:
+        spec["teacher"] = str(teacher.model_path.resolve())
     if st.spec["stage"].get("settings_from"):
         spec["stage"] = _with_incumbent(spec["stage"], next(p for p in plans if p.name == st.spec["stage"]["settings_from"]))
     record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
               "settings": spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time(),
               "input_sha256": (read_record(source) or {}).get("model_sha256") if source else None}
+    if teacher is not None:
+        record["teacher_sha256"] = (read_record(teacher) or {}).get("model_sha256")
     previous_record = read_record(st) or {}
     record["attempts"] = int(previous_record.get("attempts", 0)) + 1
     write_json(st.record_path, record)
@@ -81,10 +86,17 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
 
 
 def _dependencies(st: StagePlan, plans: list[StagePlan]) -> list[StagePlan]:
-    """The stages whose output ``st`` uses: its input model and its ``settings_from`` stage."""
+    """The stages whose output ``st`` uses: its input model, its ``settings_from`` stage and
+    its distillation teacher."""
     deps = [plans[st.input_index]] if st.input_index is not None else []
     source = st.spec["stage"].get("settings_from")
-    return deps + [p for p in plans if p.name == source]
+    teacher = _teacher(st, plans)
+    return deps + [p for p in plans if p.name == source] + ([teacher] if teacher is not None else [])
+
+
+def _teacher(st: StagePlan, plans: list[StagePlan]) -> StagePlan | None:
+    distill = st.spec["stage"].get("distill")
+    return next(p for p in plans if p.name == distill["teacher"]) if distill else None
 
 
 def _stale(st: StagePlan, plans: list[StagePlan], rerun: set[str]) -> str | None:
@@ -99,6 +111,11 @@ def _stale(st: StagePlan, plans: list[StagePlan], rerun: set[str]) -> str | None
         current = (read_record(plans[st.input_index]) or {}).get("model_sha256")
         if recorded and recorded != current:
             return f"its input (stage '{plans[st.input_index].name}') is not the model it was trained from"
+    teacher = _teacher(st, plans)
+    if teacher is not None:
+        recorded = (read_record(st) or {}).get("teacher_sha256")
+        if recorded and recorded != (read_record(teacher) or {}).get("model_sha256"):
+            return f"its teacher (stage '{teacher.name}') is not the model it was distilled from"
     return damage(st)
 
 
@@ -122,7 +139,7 @@ def _with_incumbent(settings: dict, hpo: StagePlan) -> dict:
         raise StageFailed(f"stage '{hpo.name}' has no incumbent configuration (is it done?)")
     from safs.settings import TrainingSettings
 
-    return {**settings, **{k: incumbent[k] for k in TrainingSettings.model_fields}}
+    return {**settings, **{k: incumbent[k] for k in TrainingSettings.model_fields if k in incumbent}}
 
 
 def _run_search(st: StagePlan, spec: dict, record: dict, quiet: bool) -> dict:

@@ -62,6 +62,33 @@ class MixConfig(_Strict):
     alpha: float = Field(gt=0)
 
 
+class AutoAugmentConfig(_Strict):
+    """AutoAugment (Cubuk et al. 2019): torchvision's learned policy for ``policy``'s dataset."""
+
+    policy: Literal["imagenet", "cifar10", "svhn"] = "imagenet"
+    # Samples that share one draw of the policy: 1 (each sample its own, as the paper) or more
+    # (fewer calls per batch on a GPU, less variety per batch).
+    samples_per_draw: int = Field(default=1, ge=1)
+
+
+class RandAugmentConfig(_Strict):
+    """RandAugment (Cubuk et al. 2020): ``num_ops`` random ops per sample at ``magnitude``
+    (of torchvision's 31 bins, 0..30)."""
+
+    num_ops: int = Field(default=2, ge=1)
+    magnitude: int = Field(default=9, ge=0, le=30)
+    samples_per_draw: int = Field(default=1, ge=1)
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from an earlier stage's model (``teacher``: its name):
+    loss = (1 − alpha)·CE(student, y) + alpha·T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
+
+    teacher: str
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=1.0, gt=0)
+
+
 class EmaConfig(_Strict):
     """An exponential moving average of the weights: evaluation and the kept model use it."""
 
@@ -72,7 +99,8 @@ class EmaConfig(_Strict):
 # would): left out of a stage's hash.
 UNHASHED_SETTINGS = ("compile",)
 # Added after stages were first hashed: hashed only when set, so older stages keep their hashes.
-HASHED_WHEN_SET = {"mixup": None, "cutmix": None, "ema": None, "random_erasing": 0.0}
+HASHED_WHEN_SET = {"mixup": None, "cutmix": None, "ema": None, "random_erasing": 0.0, "autoaugment": None,
+                   "randaugment": None, "distill": None, "from_scratch": False}
 
 
 class TrainingSettings(_Strict):
@@ -93,5 +121,14 @@ class TrainingSettings(_Strict):
     cutmix: MixConfig | None = None
     random_erasing: float = Field(default=0.0, ge=0, le=1)  # the probability per sample
     ema: EmaConfig | None = None
+    # Image policies on the training batch, before random erasing and mixing (one of the two).
+    autoaugment: AutoAugmentConfig | None = None
+    randaugment: RandAugmentConfig | None = None
     # torch.compile the model for training (skipped, with a log line, where unsupported).
     compile: bool = False
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> "TrainingSettings":
+        if self.autoaugment is not None and self.randaugment is not None:
+            raise ValueError("autoaugment: give one image policy, autoaugment or randaugment, not both")
+        return self

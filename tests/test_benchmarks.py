@@ -41,3 +41,16 @@ def test_stage_overhead_reads_wall_minus_epoch_times_from_the_records(tmp_path, 
     assert out["median_overhead_s"] == pytest.approx(5.0)  # overheads 5.0, 2.0, 5.0
     assert out["stages_wall_s"] == pytest.approx(20.5)
     assert "median overhead per stage: 5.0 s" in capsys.readouterr().out
+
+
+def test_nm_speed_smoke(capsys):
+    out = load("nm_speed").main(["--smoke"])
+    assert out["smoke"] and out["device"] == "cpu" and len(out["results"]) == 2
+    for row in out["results"]:
+        assert row["dense_ms"] > 0 and row["masked"]["ms"] > 0
+        assert row["masked"]["rel_err"] < 1e-5  # the masked product is the 2:4 weight's
+        assert all("ratio" not in row[k] for k in ("masked", "cusparselt", "cutlass"))
+        # PyTorch's semi-structured tensors are CUDA-only: the CPU reports them unsupported
+        assert all("error" in row[b] or "ms" in row[b] for b in ("cusparselt", "cutlass"))
+    printed = capsys.readouterr().out
+    assert "NO SPEED CLAIM" in printed and "(smoke)" in printed

@@ -256,3 +256,20 @@ def test_training_step_leaves_frozen_scales_alone():
     slot = model.act1
     assert isinstance(slot, ActivationSlot)
     assert slot.alpha.grad is None and slot.op.p1.grad is not None
+
+
+def test_resnet18_imagenet_stem_is_torchvisions():
+    import torch
+    import torchvision
+
+    from safs.models import create_model
+
+    ours = create_model("resnet18", 1000, (3, 224, 224), stem="imagenet")
+    theirs = torchvision.models.resnet18(weights=None)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.dim() > 1)  # noqa: E731 (conv/fc weights)
+    assert count(ours) == count(theirs)
+    assert ours.stem.conv.kernel_size == (7, 7) and ours.stem.conv.stride == (2, 2)
+    with torch.no_grad():
+        assert ours.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="model.options.stem: unknown 'tiny'; accepted: cifar, imagenet"):
+        create_model("resnet18", 10, (3, 32, 32), stem="tiny")

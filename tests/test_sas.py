@@ -17,8 +17,9 @@ from safs.sparsity.sas import SAS_LAYERS, architecture, is_converted, plan, sign
 from safs.training.measure import measure
 
 SMALL = (1, 8, 8)
-MODELS = [("lenet5", {}), ("vgg11", {}), ("resnet18", {}), ("resnet18", {"safs_shortcut": True})]
-IDS = ["lenet5", "vgg11", "resnet18", "resnet18-safs"]
+MODELS = [("lenet5", {}), ("vgg11", {}), ("resnet18", {}), ("resnet18", {"safs_shortcut": True}),
+          ("resnet18", {"stem": "imagenet"})]
+IDS = ["lenet5", "vgg11", "resnet18", "resnet18-safs", "resnet18-imagenet-stem"]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,5 @@
-"""ResNet-18 with a CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+"""ResNet-18 with a CIFAR stem (3x3 stride-1 conv, no max-pool) or, with ``stem: imagenet``,
+torchvision's (7x7 stride-2 conv, 3x3 stride-2 max-pool) for 224x224 inputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from torch import Tensor, nn
 
 from safs.activations import ActivationSlot
 from safs.models.registry import register_model
+
+
+STEMS = ("cifar", "imagenet")
 
 
 class BasicBlock(nn.Module):
@@ -53,14 +57,16 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     def __init__(
         self, blocks_per_stage: list[int], num_classes: int, input_shape: tuple[int, int, int],
-        activation: str, safs_shortcut: bool = False,
+        activation: str, safs_shortcut: bool = False, stem: str = "cifar",
     ):
         super().__init__()
-        self.stem = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(input_shape[0], 64, 3, 1, padding=1, bias=False),
-            bn=nn.BatchNorm2d(64),
-            act=ActivationSlot(activation),
-        ))
+        if stem == "imagenet":  # 7x7 stride-2 conv, then a 3x3 stride-2 max-pool (after the slot)
+            layers = [("conv", nn.Conv2d(input_shape[0], 64, 7, 2, padding=3, bias=False)), ("bn", nn.BatchNorm2d(64)),
+                      ("act", ActivationSlot(activation)), ("pool", nn.MaxPool2d(3, 2, padding=1))]
+        else:
+            layers = [("conv", nn.Conv2d(input_shape[0], 64, 3, 1, padding=1, bias=False)), ("bn", nn.BatchNorm2d(64)),
+                      ("act", ActivationSlot(activation))]
+        self.stem = nn.Sequential(OrderedDict(layers))
         in_channels = 64
         stages = []
         for width, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), blocks_per_stage):
@@ -86,12 +92,15 @@ class ResNet(nn.Module):
 @register_model(
     "resnet18",
     "relu",
-    "ResNet-18, CIFAR stem; option safs_shortcut: activation on the shortcut (SAFS variant)",
+    "ResNet-18, CIFAR stem (option stem: imagenet for torchvision's); option safs_shortcut: "
+    "activation on the shortcut (SAFS variant)",
 )
 def build_resnet18(
     num_classes: int, input_shape: tuple[int, int, int], activation: str | None = None,
-    *, safs_shortcut: bool = False,
+    *, safs_shortcut: bool = False, stem: str = "cifar",
 ) -> nn.Module:
     if not isinstance(safs_shortcut, bool):
         raise ValueError(f"model.options.safs_shortcut: expected true or false, got {safs_shortcut!r}")
-    return ResNet([2, 2, 2, 2], num_classes, input_shape, activation or "relu", safs_shortcut)
+    if stem not in STEMS:
+        raise ValueError(f"model.options.stem: unknown '{stem}'; accepted: {', '.join(STEMS)}")
+    return ResNet([2, 2, 2, 2], num_classes, input_shape, activation or "relu", safs_shortcut, stem)

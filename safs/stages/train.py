@@ -103,7 +103,8 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     method_name = spec["sparsity"] and spec["sparsity"]["method"]
     if method is not None:
         method.on_train_start(len(train_batches), epochs, start)
-    recipe = make_recipe(st)
+    recipe = make_recipe(st, ds)
+    distill = _distiller(spec, st, device)
     ema = WeightEMA(model, st["ema"]["decay"]) if st.get("ema") else None
     if ema is not None and ema_state is not None:
         ema.load_state_dict(ema_state)
@@ -120,7 +121,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             method.on_epoch_start(epoch)
         train_loss, train_acc = train_epoch(net, train_batches.epoch(epoch), optimizer, method,
                                             label_smoothing=st["label_smoothing"], autocast=autocast,
-                                            recipe=recipe, ema=ema)
+                                            recipe=recipe, ema=ema, distill=distill)
         if method is not None:
             method.on_epoch_end(epoch)
         step_scheduler(scheduler, train_loss)
@@ -167,6 +168,18 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
             # In every checkpoint: a report line can be lost to a kill, the checkpoint's history not.
             common.write_history(d, history)
             session.report(metrics, d)
+
+
+def _distiller(spec: dict, st: dict, device: torch.device):
+    """The stage's ``Distiller`` (``None`` without ``distill``): its teacher is the ``model.pt``
+    the runner resolved (``spec["teacher"]``), on the trial's device."""
+    d = st.get("distill")
+    if not d:
+        return None
+    from safs.training.recipes import Distiller
+
+    teacher, _ = model_file.load_model(spec["teacher"])
+    return Distiller(common.prepare_for_device(teacher, device), d["alpha"], d["temperature"])
 
 
 def _test_of(history: list[dict], epoch: int | None) -> float | None:

@@ -55,10 +55,11 @@ class TrainTally:
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, method=None, *,
                 label_smoothing: float = 0.0, autocast=contextlib.nullcontext, recipe=None,
-                ema=None) -> tuple[float, float]:
+                ema=None, distill=None) -> tuple[float, float]:
     """One pass over ``batches`` (an iterable of (x, y)); returns (mean loss, accuracy).
-    ``recipe``: a ``safs.training.recipes.BatchRecipe`` (mixup, cutmix, random erasing) applied
-    to each batch; ``ema``: a ``WeightEMA`` updated after each step."""
+    ``recipe``: a ``safs.training.recipes.BatchRecipe`` (image policy, mixup, cutmix, random
+    erasing) applied to each batch; ``ema``: a ``WeightEMA`` updated after each step;
+    ``distill``: a ``Distiller`` whose teacher's soft targets join the loss."""
     model.train()
     tally = TrainTally()
     for x, y in batches:
@@ -71,6 +72,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, met
                 loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
             else:
                 loss = recipe.loss(out, y, mix, label_smoothing)
+            if distill is not None:
+                loss = distill.loss(out, x, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if method is not None:

@@ -11,6 +11,18 @@
 * **random erasing** (Zhong et al. 2020): each sample, with probability ``p``, gets one
   rectangle (area 2 %–33 % of the image, aspect ratio 0.3–3.3, log-uniform) set to 0 (the
   normalised mean, as torchvision's ``RandomErasing``); drawn on the device, vectorised.
+* **AutoAugment** (Cubuk et al. 2019) and **RandAugment** (Cubuk et al. 2020): torchvision's
+  ``transforms.v2`` policies on the batch on its device. Their ops expect pixels in [0, 1], so
+  the normalised batch is mapped back (``x·std + mean``: the pixels times the dataset's scale),
+  clamped, transformed and normalised again. A policy call draws one sub-policy for the tensor
+  it gets, so each group of ``samples_per_draw`` samples (default 1: each sample, as in the
+  papers) is one call. The draws come from torch's CPU generator, reseeded every epoch like
+  mixup's. Applied first, before random erasing and mixing (torchvision's order: the policy on
+  the image, erasing on the normalised tensor).
+* **knowledge distillation** (Hinton et al. 2015; :class:`Distiller`): the loss is
+  ``(1 − α)·CE(student, y) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``, the teacher an
+  earlier stage's model in eval mode, without gradients, on the batch the student sees (after
+  the recipes above). ``T²`` keeps the soft term's gradient scale independent of ``T``.
 * **EMA of weights** (:class:`WeightEMA`): an exponential moving average of every floating
   tensor of the state (parameters, BN statistics), updated after each optimizer step with
   one fused ``lerp``; a masked layer's average is multiplied by its current mask, so pruned
@@ -27,17 +39,68 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class BatchRecipe:
-    """Mixup / cutmix / random erasing on a normalised training batch."""
+class ImagePolicy:
+    """AutoAugment or RandAugment on a normalised (B, C, H, W) batch (see the module docstring).
 
-    def __init__(self, mixup: float | None = None, cutmix: float | None = None, erasing: float = 0.0):
+    ``mean``/``std``: the dataset's normalisation (``None``: none), as tensors broadcasting
+    against the batch; ``transform``: a torchvision v2 policy acting on float images in [0, 1]."""
+
+    def __init__(self, transform, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 samples_per_draw: int = 1):
+        self.transform, self.mean, self.std = transform, mean, std
+        self.samples_per_draw = int(samples_per_draw)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = x if self.std is None else x * self.std
+        pixels = (pixels if self.mean is None else pixels + self.mean).clamp_(0, 1)
+        k = self.samples_per_draw
+        out = torch.cat([self.transform(pixels[i:i + k]) for i in range(0, pixels.shape[0], k)])
+        if self.mean is not None:
+            out = out.sub_(self.mean)
+        return out if self.std is None else out.div_(self.std)
+
+
+def make_policy(st: dict, dataset=None) -> ImagePolicy | None:
+    """The stage's image policy (``autoaugment`` or ``randaugment``) for ``dataset``'s
+    normalisation, or ``None``."""
+    from torchvision.transforms import v2
+
+    auto, rand = st.get("autoaugment"), st.get("randaugment")
+    if auto:
+        transform = v2.AutoAugment(v2.AutoAugmentPolicy(auto["policy"]))
+        per = auto.get("samples_per_draw", 1)
+    elif rand:
+        transform = v2.RandAugment(num_ops=rand["num_ops"], magnitude=rand["magnitude"])
+        per = rand.get("samples_per_draw", 1)
+    else:
+        return None
+    mean, std = (_as_batch(getattr(dataset, k, None)) for k in ("mean", "std"))
+    return ImagePolicy(transform, mean, std, per)
+
+
+def _as_batch(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A dataset's per-channel (C,) or per-pixel (1, C, H, W) statistic, broadcasting over a batch."""
+    if t is None:
+        return None
+    t = t.detach().float()
+    return t.view(1, -1, 1, 1) if t.dim() == 1 else t
+
+
+class BatchRecipe:
+    """Image policy / random erasing / mixup / cutmix on a normalised training batch."""
+
+    def __init__(self, mixup: float | None = None, cutmix: float | None = None, erasing: float = 0.0,
+                 policy: ImagePolicy | None = None):
         self.mixup, self.cutmix, self.erasing = mixup, cutmix, float(erasing)
+        self.policy = policy
 
     def __bool__(self) -> bool:
-        return bool(self.mixup or self.cutmix or self.erasing)
+        return bool(self.mixup or self.cutmix or self.erasing or self.policy is not None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """The batch to train on and, when it is mixed, ``(y', λ)`` for :meth:`loss`."""
+        if self.policy is not None:
+            x = self.policy(x)
         if self.erasing:
             x = random_erase(x, self.erasing)
         mix = None
@@ -89,10 +152,35 @@ def random_erase(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 1
     return x.masked_fill(erase[:, None], 0)
 
 
-def make_recipe(st: dict) -> BatchRecipe | None:
+def make_recipe(st: dict, dataset=None) -> BatchRecipe | None:
+    """The stage's batch recipes (``None``: none); ``dataset`` gives an image policy its
+    normalisation."""
     recipe = BatchRecipe(mixup=(st.get("mixup") or {}).get("alpha"), cutmix=(st.get("cutmix") or {}).get("alpha"),
-                         erasing=st.get("random_erasing") or 0.0)
+                         erasing=st.get("random_erasing") or 0.0, policy=make_policy(st, dataset))
     return recipe if recipe else None
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, hard: torch.Tensor, alpha: float,
+                 temperature: float) -> torch.Tensor:
+    """``(1 − alpha)·hard + alpha·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``, the KL
+    averaged over the batch; ``hard`` is the stage's own loss (cross-entropy, mixed or smoothed)."""
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * t * t * kl
+
+
+class Distiller:
+    """Distillation from ``teacher`` (frozen, in eval mode): :meth:`loss` adds its soft term."""
+
+    def __init__(self, teacher: nn.Module, alpha: float, temperature: float):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+
+    def loss(self, out: torch.Tensor, x: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_out = self.teacher(x)
+        return distill_loss(out, teacher_out, hard, self.alpha, self.temperature)
 
 
 class WeightEMA:
