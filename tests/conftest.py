@@ -179,3 +179,65 @@ def write_tree(root: Path, per_class: int = 20, classes: int = 3, h: int = 40, w
             else:
                 write_jpeg(img, str(d / f"img_{i:03d}.JPG"), quality=95)
     return root
+
+
+# --------------------------------------------------------------------------- a train stage outside Ray
+# ``fit`` run in the test process against a recording session: for recipes and evaluation work.
+FIT_PIPELINE = """
+name: scale
+seed: 0
+data: {{name: digits}}
+model: {{name: lenet5}}
+resources: {{cpus_per_trial: 1}}
+defaults:
+  train: {{batch_size: 64, optimizer: {{name: adam, lr: 0.003}}{extra}}}
+stages:
+  - {{name: dense, kind: train, epochs: 3}}
+"""
+
+
+def stage_spec(tmp_path, extra: str = "") -> dict:
+    """The planned spec of FIT_PIPELINE's one train stage, ``extra`` added to its train settings."""
+    import yaml
+
+    from safs.config import parse_pipeline
+    from safs.plan import plan
+
+    cfg = parse_pipeline(yaml.safe_load(FIT_PIPELINE.format(extra=extra)))
+    return plan(cfg, tmp_path)[0].spec
+
+
+def run_fit(monkeypatch, spec: dict, epochs: int, token=None, evaluations=None) -> tuple[list[dict], list[dict]]:
+    """``fit`` without Ray: the reports it makes, in order, and the history of its last
+    checkpoint; ``evaluations`` counts the calls of ``evaluate``."""
+    import contextlib
+    import copy
+
+    import torch
+
+    from safs import model_file
+    from safs.stages import common, session, train
+
+    reports: list[dict] = []
+    saved: list[list[dict]] = []
+    monkeypatch.setattr(common, "write_history", lambda d, history: saved.append(copy.deepcopy(history)))
+
+    class Recording:  # reports kept in memory; nothing to continue from
+        def report(self, metrics, checkpoint=None):
+            reports.append(dict(metrics))
+
+        restored = contextlib.nullcontext
+
+    if evaluations is not None:
+        from safs.training.loop import evaluate as real
+
+        def counted(model, batches, **kw):
+            evaluations.append(1)
+            return real(model, batches, **kw)
+
+        monkeypatch.setattr(train, "evaluate", counted)
+    ds = common.dataset(spec, torch.device("cpu"))
+    model = model_file.new_model(spec, ds)
+    with session.use(Recording()):
+        train.fit(spec, model, spec["stage"], epochs, token=token)
+    return reports, saved[-1]

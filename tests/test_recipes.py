@@ -1,5 +1,5 @@
 """The image policies (AutoAugment, RandAugment) and knowledge distillation from a teacher stage,
-on tiny data on the CPU (``fit`` outside Ray, as in test_scale.py; one pipeline through Ray, slow)."""
+on tiny data on the CPU (``fit`` outside Ray, conftest's run_fit; one pipeline through Ray, slow)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from test_scale import PIPELINE, run_fit, stage_spec
+from conftest import FIT_PIPELINE as PIPELINE, run_fit, stage_spec
 
 
 @pytest.fixture(autouse=True)

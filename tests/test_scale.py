@@ -8,59 +8,12 @@ import pytest
 import torch
 import yaml
 
-PIPELINE = """
-name: scale
-seed: 0
-data: {{name: digits}}
-model: {{name: lenet5}}
-resources: {{cpus_per_trial: 1}}
-defaults:
-  train: {{batch_size: 64, optimizer: {{name: adam, lr: 0.003}}{extra}}}
-stages:
-  - {{name: dense, kind: train, epochs: 3}}
-"""
+from conftest import FIT_PIPELINE as PIPELINE, run_fit, stage_spec
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     pass
-
-
-def stage_spec(tmp_path, extra: str = "") -> dict:
-    from safs.config import parse_pipeline
-    from safs.plan import plan
-
-    cfg = parse_pipeline(yaml.safe_load(PIPELINE.format(extra=extra)))
-    return plan(cfg, tmp_path)[0].spec
-
-
-def run_fit(monkeypatch, spec: dict, epochs: int, token=None, evaluations=None) -> tuple[list[dict], list[dict]]:
-    """``fit`` without Ray: the reports it makes, in order, and the history of its last
-    checkpoint; ``evaluations`` counts the calls of ``evaluate``."""
-    import copy
-
-    from ray import tune
-
-    from safs import model_file
-    from safs.stages import common, train
-
-    reports: list[dict] = []
-    saved: list[list[dict]] = []
-    monkeypatch.setattr(common, "write_history", lambda d, history: saved.append(copy.deepcopy(history)))
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    if evaluations is not None:
-        from safs.training.loop import evaluate as real
-
-        def counted(model, batches, **kw):
-            evaluations.append(1)
-            return real(model, batches, **kw)
-
-        monkeypatch.setattr(train, "evaluate", counted)
-    ds = common.dataset(spec, torch.device("cpu"))
-    model = model_file.new_model(spec, ds)
-    train.fit(spec, model, spec["stage"], epochs, token=token)
-    return reports, saved[-1]
 
 
 def test_a_candidate_tests_once_on_the_weights_it_keeps(tmp_path, monkeypatch):
