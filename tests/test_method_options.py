@@ -322,3 +322,27 @@ def test_an_unknown_option_is_refused_naming_the_options_the_method_takes(name):
     message = str(e.value)
     assert "\n" not in message and message.startswith(f"sparsity.options: unknown option(s) bogus for method '{name}'")
     assert message.endswith(f"; accepted: {', '.join(takes)}" if takes else f"'{name}'")
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if method_class(n).finalize_keeps_state])
+def test_a_finalize_said_to_keep_state_leaves_model_and_method_as_they_were(name):
+    """safs.stages.train.finalized calls such a finalize on the live model every epoch."""
+    if name == "sas":
+        pytest.skip("sas converts the architecture at attach; its finalize is the identity (test_sas.py)")
+    model = lenet()
+    method = create_method(name, 0.5, SHORT.get(name, {}))
+    model = method.attach(model)
+    if method_protocol(name) == "one_shot":
+        method.prune(model)
+    train(model, method, batches(), epochs=1)
+    before_model = {k: v.clone() for k, v in model.state_dict().items()}
+    before_method = copy.deepcopy(method.state_dict())
+    before_types = [type(m) for m in model.modules()]
+    final = method.finalize(model)
+    assert [type(m) for m in model.modules()] == before_types
+    after = model.state_dict()
+    assert after.keys() == before_model.keys()
+    assert all(torch.equal(after[k], v) for k, v in before_model.items())
+    assert method.state_dict() == before_method
+    again = method.finalize(model)  # the same export twice: nothing was consumed
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), again.state_dict().values()))

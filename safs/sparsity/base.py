@@ -93,6 +93,10 @@ class SparseMethod:
     control: ClassVar[Control]  # how the achieved sparsity relates to the target
     protocol: ClassVar[Protocol]  # which stages may run it (see the module docstring)
     changes_architecture: ClassVar[bool] = False
+    # True when finalize() leaves the model and the method as they were (it returns a copy,
+    # or the model itself when there is nothing to export), so a trainer may call it on the
+    # live model every epoch without copying first (safs.stages.train.finalized).
+    finalize_keeps_state: ClassVar[bool] = True
     # Defaults for methods that do not take these options: nothing excluded, one uniform target.
     exclude: tuple[str, ...] = ()
     layer_targets: Mapping[str, float] = MappingProxyType({})

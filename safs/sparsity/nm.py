@@ -238,6 +238,7 @@ def check_nm(model: nn.Module, group_order: str = "im2col") -> list[str]:
 # --- methods ----------------------------------------------------------------------------------
 
 class _NMMethod(SparseMethod):
+    finalize_keeps_state = False  # it tags the model; 2:4 Gumbel's also leaves its learning mode
     control = "fixed"
     fixed_target: ClassVar[float] = TARGET  # the only accepted sparsity.target
 

@@ -192,9 +192,13 @@ def finalized(method, model: torch.nn.Module) -> torch.nn.Module:
     finalize may change the model and the method in place (2:4 Gumbel leaves its learning
     mode and unfreezes weights), so it runs on copies of both made with one memo: the
     method's references into the model (mask keepers, frozen parameters) then point into the
-    copy. An attribute that cannot be deep-copied is immutable (a mapping proxy) and shared."""
+    copy. An attribute that cannot be deep-copied is immutable (a mapping proxy) and shared.
+    A method whose finalize keeps both as they were (``finalize_keeps_state``: most copy the
+    model themselves) is called on the live ones: one copy per epoch instead of two."""
     if method is None:
         return model
+    if method.finalize_keeps_state:
+        return method.finalize(model)
     memo: dict = {}
     model_copy = copy.deepcopy(model, memo)
     _own_parametrized_classes(model_copy)
