@@ -158,6 +158,12 @@ class Batches:
     ignored). Yields ``(x, y)`` with ``x`` normalised float32 and both on the
     dataset's device. The tensors are captured at construction: build a new
     Batches after ``dataset.to(device)``.
+
+    ``rank``/``world_size``: one worker of a data-parallel trial. Every worker draws the same
+    epoch permutation and takes every ``world_size``-th sample of each batch from ``rank``
+    on, so the workers' shares of a step are disjoint, differ in size by at most one, and
+    together are the one-worker batch (a final training batch with fewer samples than
+    workers is dropped). Evaluation (``train=False``) is not split.
     """
 
     def __init__(
@@ -170,9 +176,16 @@ class Batches:
         seed: int = 0,
         augment: bool | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        if int(world_size) > int(batch_size):
+            raise ValueError(f"batch_size {batch_size} is smaller than world_size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         data = dataset.split(split)
         self.x = data.x
         self.y = data.y
@@ -191,6 +204,8 @@ class Batches:
     def __len__(self) -> int:
         if self.drop_last:
             return self.num_samples // self.batch_size
+        if self.train and self.world_size > 1 and 0 < self.num_samples % self.batch_size < self.world_size:
+            return self.num_samples // self.batch_size  # a last batch too small to give every worker a sample
         return -(-self.num_samples // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -211,15 +226,16 @@ class Batches:
         perm = torch.randperm(self.num_samples, generator=gen).to(device, non_blocking=True)
         shifts, flips = _draw_params(self.num_samples, self.crop_padding, self.flip, gen, device)
         augment = shifts is not None or flips is not None
+        share = slice(self.rank, None, self.world_size)  # this worker's samples of each batch
         for i in range(steps):
             sl = slice(i * bs, (i + 1) * bs)
-            idx = perm[sl]
+            idx = perm[sl][share]
             xb = self.x[idx]
             if augment:
                 xb = _apply_augment(
                     xb,
                     self.crop_padding,
-                    None if shifts is None else shifts[sl],
-                    None if flips is None else flips[sl],
+                    None if shifts is None else shifts[sl][share],
+                    None if flips is None else flips[sl][share],
                 )
             yield _apply_norm(xb, mult, bias), self.y[idx]
