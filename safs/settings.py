@@ -97,11 +97,11 @@ class TrainingSettings(_Strict):
     compile: bool = False
 
 
-def _ray_quantity(value: float, field: str) -> float:
+def _ray_quantity(value: float) -> float:
     """Ray's rule for an accelerator share: a fraction below 1 packs several trials on one
     device (0.25: four to a GPU); from 1 up only whole devices."""
     if value > 1 and value != int(value):
-        raise ValueError(f"{field}: a share above 1 must be a whole number (Ray's rule); "
+        raise ValueError(f"a share above 1 must be a whole number (Ray's rule); "
                          f"accepted: a fraction in (0, 1) or a whole number (got {value})")
     return value
 
@@ -125,8 +125,8 @@ class ResourcesConfig(_Strict):
 
     @field_validator("gpus_per_trial", "gpus_per_worker")
     @classmethod
-    def _whole_above_one(cls, v: float, info) -> float:
-        return _ray_quantity(v, info.field_name)
+    def _whole_above_one(cls, v: float) -> float:
+        return _ray_quantity(v)
 
     @model_validator(mode="after")
     def _workers(self) -> "ResourcesConfig":
@@ -137,6 +137,9 @@ class ResourcesConfig(_Strict):
                     raise ValueError(f"{key}: only for a trial of several workers; set workers_per_trial >= 2 "
                                      f"(or use cpus_per_trial / gpus_per_trial)")
         else:
+            if self.sync_bn and not self.gpus_per_worker:
+                raise ValueError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set gpus_per_worker > 0 "
+                                 "or sync_bn: false")
             for key in ("cpus_per_trial", "gpus_per_trial"):
                 if key in set_:
                     raise ValueError(f"{key}: a trial of {self.workers_per_trial} workers takes "
