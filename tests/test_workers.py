@@ -206,3 +206,45 @@ def test_a_killed_multi_worker_trial_is_retried_from_its_last_epoch(tmp_path):
     assert lines[restart]["start_epoch"] >= last["epoch"]  # continued, not restarted
     acc, _ = our_own_check(stage)
     assert acc == pytest.approx(rec["row"]["test_acc"], abs=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_sigkilled_multi_worker_run_continues_from_its_checkpoint(tmp_path):
+    """SIGKILL of the whole run (driver, Tune trial and workers) mid-stage: the same command
+    continues the stage in a new attempt from the killed attempt's last checkpoint."""
+    ray_tmp = tempfile.mkdtemp(prefix="safs-ray-")
+    text = PIPELINE.format(name="wr", resources="{workers_per_trial: 2, cpus_per_worker: 1}", sparse=6)
+    f = tmp_path / "p.yaml"
+    f.write_text(text.split("  - {name: search")[0])
+    cmd = safs_cmd() + ["run", str(f), "--results", str(tmp_path / "results"), "--quiet", "--num-cpus", "2"]
+    env = subprocess_env(RAY_TMPDIR=ray_tmp)
+    run_dir = tmp_path / "results" / "wr"
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.STDOUT)
+    try:
+        import time
+
+        deadline, reached = time.time() + 400, 0
+        while time.time() < deadline and reached < 3:
+            assert p.poll() is None, "the run ended before the sparse stage reached epoch 3"
+            got = [r for d in run_dir.glob("02-sparse-*") for r in result_lines(d)]
+            reached = got[-1]["epoch"] if got else 0
+            time.sleep(0.2)
+        assert reached >= 3, "the sparse stage never reached epoch 3"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        kill_ray_leftovers(ray_tmp)
+    try:
+        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        kill_ray_leftovers(ray_tmp)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rec = by_stage(records(run_dir), "sparse")
+    assert rec["status"] == "done" and rec["attempts"] == 2 and rec["workers"] == 2
+    assert rec["resumed_from_epoch"] >= 2  # the checkpoint of epoch 2 or later, not a fresh start
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 7))
+    [stage] = list(run_dir.glob("02-sparse-*"))
+    acc, _ = our_own_check(stage)
+    assert acc == pytest.approx(rec["row"]["test_acc"], abs=0.005)

@@ -38,6 +38,7 @@ from ray.train.v2.api.callback import UserCallback  # the module is imported whe
 DRIVER_RESOURCES = [{"memory": 1}]
 
 _DONE = "done"
+PLACEMENT_GROUP_FILE = "placement_group"  # the workers' placement group id, written by rank 0
 
 
 def is_multi_worker(spec: dict) -> bool:
@@ -55,21 +56,25 @@ def trainable(config: dict, registered: tuple = ()) -> None:
 
     res = config["spec"]["resources"]
     gpu = res["gpus_per_worker"] > 0
+    storage = _trial_storage_dir()
+    _remove_leaked_placement_groups(Path(storage))  # of an earlier start of this trial that was killed
+    name = f"workers-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     restored = tune.get_checkpoint()  # a retry within this attempt continues from here
     reports = Queue(actor_options={"num_cpus": 0})
     per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if gpu else {})}
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"config": config, "registered": registered,
-                           "restored": None if restored is None else restored.path},
+                           "restored": None if restored is None else restored.path,
+                           "placement_group_file": str(Path(storage) / name / PLACEMENT_GROUP_FILE)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=int(res["workers_per_trial"]), use_gpu=gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             # Inside the Tune trial's directory, under a name of its own per start: Train never
             # picks up an earlier start's run (restoring is Tune's and safs's job).
-            name=f"workers-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-            storage_path=_trial_storage_dir(),
+            name=name,
+            storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),  # the relay deletes each
             callbacks=[_Relay(reports)],
@@ -104,9 +109,26 @@ def trainable(config: dict, registered: tuple = ()) -> None:
     finally:
         if runner.is_alive() and controller is not None:
             ray.kill(controller)  # the trial was stopped (scheduler, interrupt): its workers go with it
+            _remove_leaked_placement_groups(Path(storage))
     runner.join()
     if failure:
         raise failure[0]
+
+
+def _remove_leaked_placement_groups(storage: Path) -> None:
+    """Remove the workers' placement groups of this trial's earlier Train runs that did not
+    end by themselves. Train removes its placement group when it ends, and has a helper that
+    removes it when its controller is killed; but that helper asks Ray's state API, which a
+    Ray without its dashboard (safs's local default) does not serve, so a killed trial's
+    workers' CPUs would stay reserved and its retry would wait for them forever."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    for f in storage.glob(f"workers-*/{PLACEMENT_GROUP_FILE}"):
+        pg_id = f.read_text().strip()
+        if (placement_group_table().get(pg_id) or {}).get("state") not in (None, "REMOVED"):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+        f.unlink(missing_ok=True)
 
 
 def _trial_storage_dir() -> str:
@@ -146,6 +168,14 @@ def _worker_loop(loop_config: dict) -> None:
     from safs.stages import run_stage_trial, session
 
     install(loop_config["registered"])
+    import ray
+    import ray.train
+
+    pg = ray.util.get_current_placement_group()
+    if pg is not None and ray.train.get_context().get_world_rank() == 0:
+        from safs.io import write_text
+
+        write_text(Path(loop_config["placement_group_file"]), pg.id.hex())
     if torch.cuda.is_available() and loop_config["config"]["spec"]["resources"]["gpus_per_worker"] > 0:
         from ray.train.torch import get_device
 
