@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from safs.io import deep_merge
-from safs.settings import DistillConfig, TrainingSettings, _Strict
+from safs.settings import DistillConfig, ResourcesConfig, TrainingSettings, _Strict  # noqa: F401 (ResourcesConfig: the schema's)
 
 
 class ConfigError(ValueError):
@@ -116,13 +116,6 @@ class SparsityConfig(_Strict):
         from safs.sparsity import list_methods
 
         return _one_of(v, list_methods(), "method")
-
-
-class ResourcesConfig(_Strict):
-    cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float = Field(default=0.0, ge=0)
-    max_concurrent_trials: int = Field(default=1, ge=1)
-    max_failures: int = Field(default=1, ge=0)
 
 
 class MlflowTracking(_Strict):

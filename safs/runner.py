@@ -64,7 +64,9 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
         spec["stage"] = _with_incumbent(spec["stage"], next(p for p in plans if p.name == st.spec["stage"]["settings_from"]))
     record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
               "settings": spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time(),
-              "input_sha256": (read_record(source) or {}).get("model_sha256") if source else None}
+              "input_sha256": (read_record(source) or {}).get("model_sha256") if source else None,
+              # processes one trial trains on (resources.workers_per_trial; a prune stage: 1)
+              "workers": cfg.resources.workers_per_trial if st.kind != "prune" else 1}
     if teacher is not None:
         record["teacher_sha256"] = (read_record(teacher) or {}).get("model_sha256")
     previous_record = read_record(st) or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -132,3 +132,59 @@ class TrainingSettings(_Strict):
         if self.autoaugment is not None and self.randaugment is not None:
             raise ValueError("autoaugment: give one image policy, autoaugment or randaugment, not both")
         return self
+
+
+def _ray_quantity(value: float) -> float:
+    """Ray's rule for an accelerator share: a fraction below 1 packs several trials on one
+    device (0.25: four to a GPU); from 1 up only whole devices."""
+    if value > 1 and value != int(value):
+        raise ValueError(f"a share above 1 must be a whole number (Ray's rule); "
+                         f"accepted: a fraction in (0, 1) or a whole number (got {value})")
+    return value
+
+
+class ResourcesConfig(_Strict):
+    """What one trial of a stage asks Ray for. Never hashed: it changes how a stage runs, not
+    what it computes (a multi-worker trial splits each batch across its workers, so the
+    optimizer sees the same batches; only float rounding, and batch-norm statistics without
+    ``sync_bn``, differ)."""
+
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_concurrent_trials: int = Field(default=1, ge=1)
+    max_failures: int = Field(default=1, ge=0)
+    # > 1: the trial is a Ray Train TorchTrainer of this many DDP workers (NCCL on GPU, gloo on
+    # CPU), each with cpus_per_worker / gpus_per_worker; the trial itself then reserves nothing.
+    workers_per_trial: int = Field(default=1, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    sync_bn: bool = False  # batch norm over the whole batch (SyncBatchNorm), not each worker's share
+
+    @field_validator("gpus_per_trial", "gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        return _ray_quantity(v)
+
+    @model_validator(mode="after")
+    def _workers(self) -> "ResourcesConfig":
+        set_ = self.model_fields_set
+        if self.workers_per_trial == 1:
+            for key in ("cpus_per_worker", "gpus_per_worker", "sync_bn"):
+                if key in set_ and getattr(self, key) != ResourcesConfig.model_fields[key].default:
+                    raise ValueError(f"{key}: only for a trial of several workers; set workers_per_trial >= 2 "
+                                     f"(or use cpus_per_trial / gpus_per_trial)")
+        else:
+            if self.sync_bn and not self.gpus_per_worker:
+                raise ValueError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set gpus_per_worker > 0 "
+                                 "or sync_bn: false")
+            for key in ("cpus_per_trial", "gpus_per_trial"):
+                if key in set_:
+                    raise ValueError(f"{key}: a trial of {self.workers_per_trial} workers takes "
+                                     f"cpus_per_worker / gpus_per_worker instead; accepted: leave {key} out")
+        return self
+
+    def per_trial(self) -> tuple[float, float]:
+        """(CPUs, GPUs) one trial holds while it runs, its workers together."""
+        if self.workers_per_trial > 1:
+            return self.workers_per_trial * self.cpus_per_worker, self.workers_per_trial * self.gpus_per_worker
+        return self.cpus_per_trial, self.gpus_per_trial

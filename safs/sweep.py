@@ -22,10 +22,13 @@ from safs.errors import EXIT_INTERRUPTED
 def auto_parallel(resources: dict, cluster: dict, cells: int) -> int:
     """How many cells fit at once: the cluster's CPUs (and GPUs) over what one cell's
     concurrent trials ask for."""
+    from safs.settings import ResourcesConfig
+
     per_cell = resources["max_concurrent_trials"]
-    fits = math.floor(cluster.get("CPU", 1) / (resources["cpus_per_trial"] * per_cell) + 1e-9)
-    if resources["gpus_per_trial"] > 0:
-        fits = min(fits, math.floor(cluster.get("GPU", 0) / (resources["gpus_per_trial"] * per_cell) + 1e-9))
+    cpus, gpus = ResourcesConfig.model_construct(**resources).per_trial()  # a multi-worker trial: all its workers
+    fits = math.floor(cluster.get("CPU", 1) / (cpus * per_cell) + 1e-9)
+    if gpus > 0:
+        fits = min(fits, math.floor(cluster.get("GPU", 0) / (gpus * per_cell) + 1e-9))
     return max(1, min(cells, fits))
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import our_own_check
+
 pytestmark = pytest.mark.slow
 
 GRADUAL = """
@@ -35,25 +37,6 @@ def run(text: str, results: Path) -> Path:
     cfg = parse_pipeline(yaml.safe_load(text))
     runner.run(cfg, results, quiet=True, echo=lambda *_: None)
     return results / cfg.name
-
-
-def our_own_check(stage_dir: Path) -> tuple[float, float]:
-    """Test accuracy and the fraction of zero conv/linear weights of a stage's model.pt,
-    computed without safs's training code."""
-    import safs
-    from safs.data import normalise
-
-    rec = json.loads((stage_dir / "stage.json").read_text())
-    d = rec["spec"]["data"]
-    ds = safs.load_dataset(d["name"], d["data_dir"], seed=d["split_seed"], val_fraction=d["val_fraction"],
-                           test_fraction=d["test_fraction"])
-    model = safs.load_model(stage_dir)
-    test = ds.split("test")
-    with torch.no_grad():
-        acc = (model(normalise(test.x, ds)).argmax(1) == test.y).float().mean().item()
-    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-    return acc, zeros
 
 
 def assert_rows_are_models(run_dir: Path) -> list[dict]:

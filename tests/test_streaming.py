@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import write_tree
 from safs.data import DataError, batches, load_dataset
-from safs.data.batching import Batches, shard
+from safs.data.batching import Batches, check_worker
 from safs.data.streaming import FileSplit, StreamedBatches, fits_in_memory, memory_budget
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -85,33 +85,38 @@ def test_a_fresh_streamed_batches_replays_an_epoch(tree):
     for (xa, ya), (xb, yb) in zip(batch_list(first, 1), batch_list(again, 1)):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     other_seed = batches(streamed, "train", 16, seed=10, workers=0)
-    assert not torch.equal(other_seed.plan(1)[0], again.plan(1)[0])
+    assert not torch.equal(torch.cat(other_seed.plan(1)[0]), torch.cat(again.plan(1)[0]))
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_rank_shards_are_disjoint_equal_and_cover_the_truncated_order(tree, world_size):
+def test_the_workers_shares_of_each_step_are_the_one_worker_batch(tree, world_size):
     _, streamed = both(tree)
-    n = len(streamed.train)
-    full = batches(streamed, "train", 4, seed=1, workers=0)
+    full = batches(streamed, "train", 8, seed=1, workers=0)
     order, shifts, flips = full.plan(2)
-    ranks = [batches(streamed, "train", 4, seed=1, rank=r, world_size=world_size, workers=0)
+    ranks = [batches(streamed, "train", 8, seed=1, rank=r, world_size=world_size, workers=0)
              for r in range(world_size)]
     plans = [r.plan(2) for r in ranks]
-    shares = [p[0].tolist() for p in plans]
-    size = n // world_size
-    assert all(len(s) == size for s in shares) and len({len(r) for r in ranks}) == 1
-    assert len(set().union(*map(set, shares))) == size * world_size  # disjoint
-    assert sorted(sum(shares, [])) == sorted(order[: size * world_size].tolist())
-    for r, p in enumerate(plans):  # each sample keeps its augmentation draw
-        assert torch.equal(p[1], shifts[r : size * world_size : world_size])
-        assert torch.equal(p[2], flips[r : size * world_size : world_size])
-    ys = [torch.cat([y for _, y in b.epoch(2)]) for b in ranks]
-    assert all(len(y) == size for y in ys)
-    assert torch.equal(torch.stack(ys, 1).flatten(), streamed.train.y[order[: size * world_size]])
+    assert len({len(r) for r in ranks}) == 1  # every worker takes the same number of steps
+    offsets = [0] * world_size
+    for step, whole in enumerate(order[: len(ranks[0])]):
+        shares = [p[0][step] for p in plans]
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        assert torch.equal(torch.stack([s[: min(map(len, shares))] for s in shares], 1).flatten(),
+                           whole[: min(map(len, shares)) * world_size])
+        assert sorted(torch.cat(shares).tolist()) == sorted(whole.tolist())  # disjoint, together the batch
+        for r, (p, share) in enumerate(zip(plans, shares)):  # each sample keeps its augmentation draw
+            at = slice(offsets[r], offsets[r] + len(share))
+            offsets[r] = at.stop
+            first = sum(len(b) for b in order[:step])
+            mine = slice(first + r, first + len(whole), world_size)
+            assert torch.equal(p[1][at], shifts[mine]) and torch.equal(p[2][at], flips[mine])
+    ys = [[y for _, y in b.epoch(2)] for b in ranks]
+    for step, whole in enumerate(order[: len(ranks[0])]):
+        assert sorted(torch.cat([y[step] for y in ys]).tolist()) == sorted(streamed.train.y[whole].tolist())
 
 
 @pytest.mark.parametrize("split, train", [("train", True), ("test", False)])
-def test_in_memory_rank_shards_are_the_streamed_ones(tree, split, train):
+def test_in_memory_worker_shares_are_the_streamed_ones(tree, split, train):
     memory, streamed = both(tree)
     for rank in range(3):
         mem = batches(memory, split, 4, train=train, seed=2, rank=rank, world_size=3)
@@ -119,18 +124,22 @@ def test_in_memory_rank_shards_are_the_streamed_ones(tree, split, train):
         assert len(mem) == len(st)
         pairs = list(zip(batch_list(mem, 1), batch_list(st, 1)))
         assert len(pairs) == len(mem) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
-    n = len(memory.split(split))
-    whole = torch.cat([y for _, y in batches(memory, split, 4, train=train, seed=2).epoch(1)])
-    shares = [torch.cat([y for _, y in batches(memory, split, 4, train=train, seed=2, rank=r, world_size=3).epoch(1)])
+    whole = [y for _, y in batches(memory, split, 4, train=train, seed=2).epoch(1)]
+    shares = [[y for _, y in batches(memory, split, 4, train=train, seed=2, rank=r, world_size=3).epoch(1)]
               for r in range(3)]
-    assert torch.equal(torch.stack(shares, 1).flatten(), whole[: n - n % 3])
+    if train:  # each step's shares interleave into the one-worker batch
+        for step, y in enumerate(whole[: len(shares[0])]):
+            assert sorted(torch.cat([s[step] for s in shares]).tolist()) == sorted(y.tolist())
+    else:  # evaluation is not split: every worker sees the whole split
+        assert all(torch.equal(torch.cat(s), torch.cat(whole)) for s in shares)
 
 
-def test_shard_arguments():
-    assert range(10)[shard(10, 1, 3)] == range(1, 9, 3)
-    for rank, ws in ((2, 2), (-1, 2), (0, 0)):
-        with pytest.raises(ValueError, match="rank/world_size"):
-            shard(10, rank, ws)
+def test_worker_arguments():
+    for rank, ws in ((2, 2), (-1, 2)):
+        with pytest.raises(ValueError, match="rank must be in"):
+            check_worker(8, rank, ws)
+    with pytest.raises(ValueError, match="smaller than world_size"):
+        check_worker(2, 0, 3)
 
 
 def test_auto_streams_when_the_budget_is_small(tree, caplog, monkeypatch):

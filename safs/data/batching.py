@@ -16,7 +16,7 @@ import torch
 
 from .base import Dataset
 
-__all__ = ["Batches", "augment_batch", "normalise", "shard"]
+__all__ = ["Batches", "augment_batch", "normalise"]
 
 # ----------------------------------------------------------------- normalisation
 
@@ -148,12 +148,30 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return gen
 
 
-def shard(n: int, rank: int = 0, world_size: int = 1) -> slice:
-    """Rank ``rank``'s positions in an epoch order of ``n``: every world_size-th, from ``rank``,
-    of the first ``n - n % world_size`` (disjoint, equally long, together that prefix)."""
-    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-        raise ValueError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
-    return slice(int(rank), n - n % int(world_size), int(world_size))
+def check_worker(batch_size: int, rank: int, world_size: int) -> None:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= int(rank) < int(world_size):
+        raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+    if int(world_size) > int(batch_size):
+        raise ValueError(f"batch_size {batch_size} is smaller than world_size {world_size}")
+
+
+def worker_share(rank: int, world_size: int) -> slice:
+    """A data-parallel worker's samples of each training batch. Every worker draws the same
+    epoch order and takes every ``world_size``-th sample of each batch from ``rank`` on, so
+    the workers' shares of a step are disjoint, differ in size by at most one, and together
+    are the one-worker batch: N workers train the one-worker run's steps. Evaluation is not
+    split (every worker evaluates the whole split)."""
+    return slice(int(rank), None, int(world_size))
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = False, world_size: int = 1) -> int:
+    """Batches of an epoch of ``n`` samples; a last batch too small to give each of
+    ``world_size`` workers a sample is dropped."""
+    if drop_last or (world_size > 1 and 0 < n % batch_size < world_size):
+        return n // batch_size
+    return -(-n // batch_size)
 
 
 class Batches:
@@ -165,8 +183,9 @@ class Batches:
     ``train=False``: samples in stored order, never augmented (``augment`` is
     ignored). Yields ``(x, y)`` with ``x`` normalised float32 and both on the
     dataset's device. The tensors are captured at construction: build a new
-    Batches after ``dataset.to(device)``. ``rank``/``world_size``: this rank's share
-    (``shard``) of each epoch's order, for data-parallel trials.
+    Batches after ``dataset.to(device)``.
+
+    ``rank``/``world_size``: one worker of a data-parallel trial (:func:`worker_share`).
     """
 
     def __init__(
@@ -182,14 +201,12 @@ class Batches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_worker(batch_size, rank, world_size)
+        self.rank, self.world_size = int(rank), int(world_size)
         data = dataset.split(split)
         self.x = data.x
         self.y = data.y
         self.num_samples = len(data)
-        self.positions = shard(self.num_samples, rank, world_size)
-        self.share = len(range(self.num_samples)[self.positions])
         self.batch_size = int(batch_size)
         self.train = bool(train)
         self.seed = int(seed)
@@ -202,9 +219,7 @@ class Batches:
         self._mult, self._bias = _coefficients(dataset, self.x.device)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.share // self.batch_size
-        return -(-self.share // self.batch_size)
+        return steps_per_epoch(self.num_samples, self.batch_size, self.drop_last, self.world_size if self.train else 1)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of epoch ``epoch`` (0-based; only matters when training)."""
@@ -212,7 +227,7 @@ class Batches:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         bs, steps = self.batch_size, len(self)
         mult, bias = self._mult, self._bias
-        if not self.train and self.positions.step == 1:
+        if not self.train:
             for i in range(steps):
                 # Contiguous slices are views: no gather needed in evaluation.
                 yield _apply_norm(self.x[i * bs : (i + 1) * bs], mult, bias), self.y[i * bs : (i + 1) * bs]
@@ -221,20 +236,19 @@ class Batches:
         device = self.x.device
         # Everything random for the epoch is drawn up front on the CPU and moved
         # once, so steps do no host<->device traffic and results are device independent.
-        n, pick = self.num_samples, self.positions
-        perm = (torch.randperm(n, generator=gen) if self.train else torch.arange(n))[pick].to(device, non_blocking=True)
-        shifts, flips = _draw_params(n, self.crop_padding, self.flip, gen, device)
-        shifts, flips = (None if t is None else t[pick] for t in (shifts, flips))
+        perm = torch.randperm(self.num_samples, generator=gen).to(device, non_blocking=True)
+        shifts, flips = _draw_params(self.num_samples, self.crop_padding, self.flip, gen, device)
         augment = shifts is not None or flips is not None
+        share = worker_share(self.rank, self.world_size)
         for i in range(steps):
             sl = slice(i * bs, (i + 1) * bs)
-            idx = perm[sl]
+            idx = perm[sl][share]
             xb = self.x[idx]
             if augment:
                 xb = _apply_augment(
                     xb,
                     self.crop_padding,
-                    None if shifts is None else shifts[sl],
-                    None if flips is None else flips[sl],
+                    None if shifts is None else shifts[sl][share],
+                    None if flips is None else flips[sl][share],
                 )
             yield _apply_norm(xb, mult, bias), self.y[idx]

@@ -12,10 +12,9 @@ and the order of the in-memory ``Batches``:
 * the crop and flip run on the batch on the trial's device, as in memory, and so does the
   normalisation; labels never leave the device.
 
-``rank``/``world_size`` shard an epoch for data-parallel trials as ``Batches`` does
-(``batching.shard``): rank r takes positions r, r + world_size, ... of the epoch's order
-truncated to a multiple of world_size, so the ranks' shares are disjoint, equally long and
-together the whole truncated order.
+``rank``/``world_size`` give a data-parallel worker its share of each training batch, as
+``Batches`` does (``batching.worker_share``): together the workers' shares of a step are
+the one-worker batch.
 
 Whether a dataset streams is ``data.in_memory``: true, false, or ``auto``, which holds it in
 memory when its decoded pixels fit the memory budget (:func:`fits_in_memory`).
@@ -33,9 +32,9 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .base import DataError, Dataset
-from .batching import shard
+from .batching import check_worker, steps_per_epoch, worker_share
 
-__all__ = ["FileSplit", "StreamedBatches", "fits_in_memory", "loader_workers", "memory_budget", "shard"]
+__all__ = ["FileSplit", "StreamedBatches", "fits_in_memory", "loader_workers", "memory_budget"]
 
 log = logging.getLogger("safs")
 
@@ -175,8 +174,7 @@ class StreamedBatches:
                  world_size: int = 1, workers: int | None = None) -> None:
         from .batching import _coefficients
 
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_worker(batch_size, rank, world_size)
         data = dataset.split(split)
         if not isinstance(data, FileSplit):
             raise DataError(f"split '{split}' of dataset '{dataset.name}' is in memory: use safs.data.Batches")
@@ -184,10 +182,9 @@ class StreamedBatches:
         self.y = data.y
         self.device = data.device
         self.num_samples = len(data)
-        self.positions = shard(self.num_samples, rank, world_size)
-        self.share = len(range(self.num_samples)[self.positions])
         self.batch_size = int(batch_size)
         self.train = bool(train)
+        self.rank, self.world_size = (int(rank), int(world_size)) if self.train else (0, 1)  # evaluation: unsplit
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         if augment is None:
@@ -201,9 +198,7 @@ class StreamedBatches:
         self._loader: torch.utils.data.DataLoader | None = None
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.share // self.batch_size
-        return -(-self.share // self.batch_size)
+        return steps_per_epoch(self.num_samples, self.batch_size, self.drop_last, self.world_size)
 
     def _data_loader(self) -> torch.utils.data.DataLoader:
         if self._loader is None:
@@ -213,41 +208,47 @@ class StreamedBatches:
                 worker_init_fn=_worker_init if self.workers > 0 else None)
         return self._loader
 
-    def plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """This rank's file indices of epoch ``epoch`` in order, with their crop offsets and
-        flips (None: not augmented), on the CPU: ``Batches``'s draws, then this rank's share."""
+    def plan(self, epoch: int) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """This worker's samples of epoch ``epoch``, on the CPU: the file indices of each of its
+        batches, and the crop offsets and flips of the samples in that order (None: not
+        augmented). ``Batches``'s draws, then this worker's share of each batch."""
         from .batching import _draw_params, _epoch_generator
 
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
+        n, bs, share = self.num_samples, self.batch_size, worker_share(self.rank, self.world_size)
+        positions = [torch.arange(i * bs, min((i + 1) * bs, n))[share] for i in range(len(self))]
         if not self.train:
-            return torch.arange(self.num_samples)[self.positions], None, None
+            return positions, None, None
         gen = _epoch_generator(self.seed, epoch)
-        perm = torch.randperm(self.num_samples, generator=gen)
-        shifts, flips = _draw_params(self.num_samples, self.crop_padding, self.flip, gen, torch.device("cpu"))
-        pick = self.positions
-        return perm[pick], None if shifts is None else shifts[pick], None if flips is None else flips[pick]
+        perm = torch.randperm(n, generator=gen)
+        shifts, flips = _draw_params(n, self.crop_padding, self.flip, gen, torch.device("cpu"))
+        pick = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+        return ([perm[p] for p in positions], None if shifts is None else shifts[pick],
+                None if flips is None else flips[pick])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of epoch ``epoch`` (0-based; only matters when training)."""
         from .batching import _apply_augment, _apply_norm
 
         order, shifts, flips = self.plan(epoch)
-        bs, steps, device = self.batch_size, len(self), self.device
-        index = order.to(device, non_blocking=True)
+        device = self.device
         if shifts is not None:
             shifts = shifts.to(device, non_blocking=True)
         if flips is not None:
             flips = flips.to(device, non_blocking=True)
         augment = shifts is not None or flips is not None
-        self._order.batches = [order[i * bs : (i + 1) * bs].tolist() for i in range(steps)]
+        self._order.batches = [b.tolist() for b in order]
+        start = 0
         for i, xb in enumerate(_one_line_errors(self._data_loader())):
-            sl = slice(i * bs, (i + 1) * bs)
+            b = order[i]
+            sl = slice(start, start + len(b))
+            start = sl.stop
             xb = xb.to(device, non_blocking=True)
             if augment:
                 xb = _apply_augment(xb, self.crop_padding, None if shifts is None else shifts[sl],
                                     None if flips is None else flips[sl])
-            yield _apply_norm(xb, self._mult, self._bias), self.y[index[sl]]
+            yield _apply_norm(xb, self._mult, self._bias), self.y[b.to(device, non_blocking=True)]
 
 
 def _one_line_errors(loader: Iterator) -> Iterator:

@@ -16,9 +16,15 @@ def trainable(config: dict, registered: tuple = ()) -> None:
     """Ray Tune function trainable: runs one trial of the stage described by ``config['spec']``
     (``registered``: the driver's in-process registrations, ``safs.plugins.registered()``)."""
     from safs.plugins import install
-    from safs.stages.common import threads_from_resources
 
     install(registered)
+    run_stage_trial(config)
+
+
+def run_stage_trial(config: dict) -> None:
+    """One trial of the stage ``config['spec']`` describes, reporting through the installed
+    session (a Tune trial's, or one worker's of a multi-worker trial: ``safs.tune.workers``)."""
+    from safs.stages.common import threads_from_resources
 
     threads_from_resources()
     # ``resume_from``: trial directories of earlier attempts, newest first, whose checkpoints

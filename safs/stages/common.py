@@ -17,7 +17,9 @@ _DATASETS: dict[tuple, Any] = {}  # one load per worker process; reused actors k
 
 
 def trial_device(spec: dict) -> torch.device:
-    if spec["resources"]["gpus_per_trial"] > 0 and torch.cuda.is_available():
+    res = spec["resources"]
+    gpus = res["gpus_per_worker"] if res.get("workers_per_trial", 1) > 1 else res["gpus_per_trial"]
+    if gpus > 0 and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
 

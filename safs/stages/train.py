@@ -16,7 +16,7 @@ import torch
 
 from safs import model_file
 from safs.io import torch_save
-from safs.stages import common, session
+from safs.stages import common, ddp, session
 from safs.training.loop import Diverged, autocast_for, compile_model, evaluate, train_epoch
 from safs.training.measure import weight_sparsity
 from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
@@ -69,6 +69,8 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     ds = common.dataset(spec, device)
     model = common.prepare_for_device(model, device)
     method, model = common.attach_method(spec, model)
+    rank, workers = ddp.world()  # one worker of several: resources.workers_per_trial (safs.tune.workers)
+    model = ddp.sync_batchnorm(model, spec["resources"].get("sync_bn", False))
 
     groups = _param_groups(model, st)
     if method is not None:
@@ -95,7 +97,9 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
                 return
 
     seed = spec["seed"] * 1000 + spec["index"]  # distinct data order per stage, fixed per seed
-    train_batches = batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"])
+    # Each worker takes its share of every batch: the steps are the one-worker run's.
+    train_batches = batches(ds, "train", st["batch_size"], train=True, seed=seed, augment=st["augment"],
+                            rank=rank, world_size=workers)
     val_batches = batches(ds, "val", st["eval_batch_size"], train=False)
     test_batches = batches(ds, "test", st["eval_batch_size"], train=False)
     autocast = lambda: autocast_for(device)  # noqa: E731
@@ -111,6 +115,7 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     # Evaluation and the kept model: the averaged weights when there are some.
     averaged = ema.applied if ema is not None else contextlib.nullcontext
     net = compile_model(model, device) if st.get("compile") else model
+    net = ddp.for_training(net, device)  # gradients averaged over the workers in backward
 
     test_every_epoch = token is None
     for epoch in range(start, epochs):
@@ -124,6 +129,8 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
                                             recipe=recipe, ema=ema, distill=distill)
         if method is not None:
             method.on_epoch_end(epoch)
+        train_loss, train_acc = ddp.mean_over_workers(train_loss, train_acc)
+        ddp.share_batchnorm_statistics(model)
         step_scheduler(scheduler, train_loss)
         # Evaluated and measured as it would be saved: the finalized network of this epoch.
         with averaged():
@@ -157,6 +164,8 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
                    "epoch_s": time.perf_counter() - t0}
         if token is None:
             del metrics["token"]
+        if workers > 1:  # each rank's own: equal on every rank when the method's state is
+            metrics["sparse_digest"] = ddp.sparse_digest(method, model)
         history.append(metrics)
         with common.checkpoint_dir() as d:
             torch.save({"epoch": epoch + 1, "history": history, "model": model.state_dict(),

@@ -161,9 +161,14 @@ def _trainable(spec: dict):
 
     res = spec["resources"]
     records = registered()
+    resources = {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]}
+    if res.get("workers_per_trial", 1) > 1 and spec["kind"] != "prune":  # Ray Train workers (safs.tune.workers)
+        from safs.tune import workers
+
+        trainable, resources = workers.trainable, tune.PlacementGroupFactory(workers.DRIVER_RESOURCES)
     if records:  # the driver's in-process registrations reach the workers through Ray's serialisation
         trainable = tune.with_parameters(trainable, registered=records)
-    return tune.with_resources(trainable, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
+    return tune.with_resources(trainable, resources)
 
 
 def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
