@@ -258,6 +258,61 @@ def test_rung_spearman():
     assert rho["1"] == pytest.approx(0.5) and rho["3"] == pytest.approx(1.0)
 
 
+ASHA_PIPELINE = """
+name: asha
+seed: 0
+data: {name: digits}
+model: {name: lenet5}
+sparsity: {method: lwm, target: 0.9}
+resources: {max_concurrent_trials: 2}
+defaults:
+  train: {batch_size: 64, optimizer: {name: adam, lr: 0.003}}
+stages:
+  - {name: dense, kind: train, epochs: 1}
+  - {name: prune, kind: prune}
+  - {name: search, kind: activation_search, algorithm: random, options: {samples: 12},
+     fidelity: {min_epochs: 1, reduction_factor: 2}, epochs_per_candidate: 4, max_concurrent: 2}
+"""
+
+
+@pytest.mark.slow
+def test_asha_search_records_rung_spearman_of_its_trials(tmp_path, ray_session, one_torch_thread):
+    """A real successive-halving search: stage.json's ``rung_spearman`` is Spearman's rho,
+    recomputed here from the trials' own result lines (best validation accuracy within the
+    rung's epochs) against trials.parquet's full-budget scores."""
+    import math
+
+    import pandas as pd
+    from scipy import stats
+
+    import safs
+    from conftest import trials_by_token
+    from safs.tune.trials import result_lines
+
+    (tmp_path / "p.yaml").write_text(ASHA_PIPELINE)
+    safs.run(tmp_path / "p.yaml", results=tmp_path / "results", quiet=True)
+    run_dir = tmp_path / "results" / "asha"
+    search = by_stage(records(run_dir), "search")
+    assert search["status"] == "done"
+    rho = search["search"]["rung_spearman"]
+    assert set(rho) == {"1", "2"}
+    [sdir] = run_dir.glob("*-search-*")
+    trials = pd.read_parquet(sdir / "trials.parquet")
+    full = trials[(trials["status"] == "done") & (trials["epochs"] == 4)]
+    assert len(full) >= 2 and (trials["epochs"] < 4).any()  # some reached the full budget, some were stopped
+    dirs = trials_by_token(sdir)
+    for rung in (1, 2):
+        early = []
+        for token in full["token"]:
+            lines = [x for d in dirs[int(token)] for x in result_lines(d / "result.json")]
+            early.append(max(x["val_acc"] for x in lines if x["epoch"] <= rung))
+        expected = stats.spearmanr(early, full["score"]).statistic
+        if math.isnan(expected):  # a constant side: no correlation to record
+            assert rho[str(rung)] is None
+        else:
+            assert rho[str(rung)] == pytest.approx(expected, abs=1e-9)
+
+
 # --- a real pipeline ---------------------------------------------------------------------------
 
 @pytest.mark.slow
