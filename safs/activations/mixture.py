@@ -42,6 +42,9 @@ LOGITS = "arch_logits"
 # and the backward through the chain of exponentials overflowed to NaN within two epochs. One
 # such operator on its own only makes a poor candidate; inside the mixture it is the network.
 # ±50 leaves the benign operators alone at the scales a trained network has.
+# The price: inside the mixture symexp saturates at ±50, a useful function there, while on
+# its own it is unbounded, so a search can favour it and hand on a genome that diverges when
+# retrained (see the README's one-shot benchmark).
 BOUND = 50.0
 
 
