@@ -251,3 +251,26 @@ def test_replace_activations_default_op_and_unreproducible_variants():
     assert isinstance(replace_activations(nn.ReLU()), ActivationSlot)
     with pytest.raises(ValueError, match="accepted"):
         replace_activations(nn.Sequential(nn.ReLU()), "nope")
+
+
+def test_srs_stays_finite_when_training_shrinks_its_p2():
+    """srs's exp(-z / p2) overflowed at p2 = 0.09 on clamped inputs (a one-shot search on
+    seed 1 of the quickstart went NaN in its ninth epoch); its equal overflow-free form has
+    finite values and gradients there, and the plain formula's values where that is finite."""
+    from safs.activations import create_operator
+
+    op = create_operator("srs")
+    with torch.no_grad():
+        op.p1.fill_(1.46)
+        op.p2.fill_(0.09)
+    x = torch.linspace(-50, 50, 2001, requires_grad=True)
+    one = torch.tensor(1.0)
+    y = op(x, one, one)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert torch.isfinite(op.p1.grad) and torch.isfinite(op.p2.grad)
+    with torch.no_grad():
+        z = x.detach()
+        plain = z / (z / op.p1 + torch.exp(-z / op.p2))
+        ok = torch.isfinite(plain)
+        torch.testing.assert_close(y.detach()[ok], plain[ok])

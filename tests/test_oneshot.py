@@ -58,6 +58,31 @@ def test_dominant_logit_is_its_operator():
             torch.testing.assert_close(mix(x), expected)
 
 
+def test_mixture_chain_stays_bounded_and_finite_for_every_operator():
+    """A uniform mixture over every operator, stacked as in a network, keeps each slot's
+    output within ±BOUND and its gradients finite. Unclamped outputs let symexp's exp(50) /
+    n compound slot after slot (a loss of ~1e20 from the first step on a pruned LeNet-5,
+    NaN within two epochs); this chain overflowed to inf/NaN gradients before the output
+    clamp."""
+    from safs.activations import list_operators
+    from safs.activations.mixture import BOUND, MixtureSlot
+
+    torch.manual_seed(0)
+    layers, mixes = [], []
+    for _ in range(4):
+        layers.append(torch.nn.Linear(16, 16))
+        mixes.append(MixtureSlot(list_operators()))
+    x = torch.randn(32, 16) * 30
+    h = x
+    for lin, mix in zip(layers, mixes):
+        h = mix(lin(h))
+        assert torch.isfinite(h).all() and h.abs().max() <= BOUND
+    torch.nn.functional.cross_entropy(h, torch.zeros(32, dtype=torch.long)).backward()
+    params = [p for m in layers + mixes for p in m.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+    assert all(torch.isfinite(m.arch_logits.grad).all() for m in mixes)
+
+
 def test_to_mixture_keeps_scales_and_discretize_restores_slots():
     from safs.activations import ActivationSlot, genome, slots
     from safs.activations.mixture import discretize, mixture_slots, to_mixture
@@ -231,6 +256,61 @@ def test_rung_spearman():
                            "score": [0.1, 0.3, 0.9, 0.9]})
     rho = rung_spearman(trials, stage)
     assert rho["1"] == pytest.approx(0.5) and rho["3"] == pytest.approx(1.0)
+
+
+ASHA_PIPELINE = """
+name: asha
+seed: 0
+data: {name: digits}
+model: {name: lenet5}
+sparsity: {method: lwm, target: 0.9}
+resources: {max_concurrent_trials: 2}
+defaults:
+  train: {batch_size: 64, optimizer: {name: adam, lr: 0.003}}
+stages:
+  - {name: dense, kind: train, epochs: 1}
+  - {name: prune, kind: prune}
+  - {name: search, kind: activation_search, algorithm: random, options: {samples: 12},
+     fidelity: {min_epochs: 1, reduction_factor: 2}, epochs_per_candidate: 4, max_concurrent: 2}
+"""
+
+
+@pytest.mark.slow
+def test_asha_search_records_rung_spearman_of_its_trials(tmp_path, ray_session, one_torch_thread):
+    """A real successive-halving search: stage.json's ``rung_spearman`` is Spearman's rho,
+    recomputed here from the trials' own result lines (best validation accuracy within the
+    rung's epochs) against trials.parquet's full-budget scores."""
+    import math
+
+    import pandas as pd
+    from scipy import stats
+
+    import safs
+    from conftest import trials_by_token
+    from safs.tune.trials import result_lines
+
+    (tmp_path / "p.yaml").write_text(ASHA_PIPELINE)
+    safs.run(tmp_path / "p.yaml", results=tmp_path / "results", quiet=True)
+    run_dir = tmp_path / "results" / "asha"
+    search = by_stage(records(run_dir), "search")
+    assert search["status"] == "done"
+    rho = search["search"]["rung_spearman"]
+    assert set(rho) == {"1", "2"}
+    [sdir] = run_dir.glob("*-search-*")
+    trials = pd.read_parquet(sdir / "trials.parquet")
+    full = trials[(trials["status"] == "done") & (trials["epochs"] == 4)]
+    assert len(full) >= 2 and (trials["epochs"] < 4).any()  # some reached the full budget, some were stopped
+    dirs = trials_by_token(sdir)
+    for rung in (1, 2):
+        early = []
+        for token in full["token"]:
+            lines = [x for d in dirs[int(token)] for x in result_lines(d / "result.json")]
+            early.append(max(x["val_acc"] for x in lines if x["epoch"] <= rung))
+        expected = stats.spearmanr(early, full["score"]).statistic
+        if math.isnan(expected):  # a constant side: no correlation to record
+            assert rho[str(rung)] is None
+        else:
+            assert rho[str(rung)] == pytest.approx(expected, abs=1e-9)
 
 
 # --- a real pipeline ---------------------------------------------------------------------------

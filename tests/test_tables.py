@@ -121,6 +121,46 @@ def test_safs_rows_per_sparsity_mean_std_and_old_runs_without_epochs():
     assert t[t["target %"] == 90.0].iloc[0]["n"] == 1
 
 
+def _with_searches(group, epochs):
+    """``group``'s rows with an activation search before Stage 1 and an HPO stage before
+    Stage 2, costing ``epochs`` = (search epochs, hpo epochs)."""
+    out = []
+    for r in group:
+        for kind, label, cost in (("activation_search", "Stage 1 search", epochs[0]), ("hpo", "Stage 2 search", epochs[1])):
+            if r["label"] == label.replace(" search", "") and cost is not None:
+                out.append(r | {"stage": kind, "label": label, "stage_kind": kind, "search_epochs": cost,
+                                "test_acc": 0.3})
+        out.append(r | {"stage_kind": "train", "search_epochs": None})
+    return out
+
+
+def test_safs_search_epochs_columns_where_a_stage_searched():
+    groups = [_with_searches(rows(f"p{s}", s, ACCS), (e, 100)) for s, e in ((0, 10), (1, 12))]
+    num = safs_table(pd.DataFrame([r for g in groups for r in g]), numeric=True).iloc[0]
+    assert num["Stage 1 search epochs"] == 11 and num["Stage 1 search epochs std"] == pytest.approx(2 ** 0.5, abs=1e-4)
+    assert num["Stage 1 search epochs n"] == 2 and num["Stage 2 search epochs"] == 100
+    assert num["Stage 1"] == 50  # the search rows are not the Stage 1 column
+    shown = safs_table(pd.DataFrame([r for g in groups for r in g])).iloc[0]
+    assert shown["Stage 1 search epochs"] == "11.00 ± 1.41" and shown["Stage 2 search epochs"] == "100.00 ± 0.00"
+    # no HPO stage searched: its column is left out, Stage 1's stays
+    only = [_with_searches(rows("p0", 0, ACCS), (10, None))]
+    assert "Stage 2 search epochs" not in safs_table(pd.DataFrame([r for g in only for r in g])).columns
+
+
+def test_table_for_safs_reads_search_epochs_from_the_stage_records(tmp_path):
+    group = _with_searches(rows("p", 0, ACCS), (10, 40))
+    for i, r in enumerate(group):
+        d = tmp_path / f"{i:02d}-{r['stage']}-h{i}"
+        d.mkdir()
+        search = {"search_epochs": r.pop("search_epochs")} if r["stage_kind"] != "train" else None
+        if r["stage_kind"] == "hpo":
+            search = {"epochs_spent": search["search_epochs"]}  # a record from before search_epochs
+        r["stage_hash"] = f"h{i}"
+        (d / "stage.json").write_text(json.dumps({"status": "done", "hash": f"h{i}", "row": r, "search": search}))
+    num = table_for("safs", [tmp_path], numeric=True).iloc[0]
+    assert num["Stage 1 search epochs"] == 10 and num["Stage 2 search epochs"] == 40
+
+
 def test_safs_layout_leaves_missing_columns_empty():
     t = safs_table(frame(rows("a", 0, {"Dense": 0.9, "Magnitude Pruning": 0.3})))
     r = t.iloc[0]

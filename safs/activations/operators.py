@@ -209,6 +209,11 @@ class SoftRootSign(nn.Module):
     With ``k = p2 / p1`` the denominator's minimum is ``k * (1 - ln k)``, positive
     while ``p2 / p1 < e`` (at the initial p1 = p2 = 1 it is >= 1). Training could push
     it past that; it is not guarded, to keep the original formula.
+
+    It is computed in an equal form that never overflows: with ``t = -z / p2``, where ``t > 0``
+    numerator and denominator are both multiplied by ``exp(-t)``, so ``exp`` only ever sees
+    ``-|t|``. The plain form overflowed to inf once training shrank ``p2`` (``exp(50 / 0.09)``
+    in a one-shot search), and its backward then gave ``0 * inf = NaN``.
     """
 
     def __init__(self) -> None:
@@ -218,7 +223,12 @@ class SoftRootSign(nn.Module):
 
     def forward(self, x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
         z = beta * x
-        return alpha * (z / (z / self.p1 + torch.exp(-z / self.p2)))
+        t = -z / self.p2
+        e = torch.exp(-t.abs())
+        big = t > 0  # exp(t) would be large: scale numerator and denominator by e = exp(-t)
+        num = torch.where(big, z * e, z)
+        den = torch.where(big, z * e / self.p1 + 1, z / self.p1 + e)
+        return alpha * (num / den)
 
 
 __all__ = [

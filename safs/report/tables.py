@@ -6,7 +6,8 @@ Layouts (``LAYOUTS``, plus ``trials``):
   test-accuracy column per stage label, then the achieved sparsity of the last stage.
 * ``safs``: the SAFS paper's table, Dense | Magnitude Pruning | Magnitude Pruning (matched) |
   Stage 1 | Stage 2 | SAFS per model/dataset/method/target, the fine-tuning epochs behind
-  every column, and the gains of SAFS over both baselines, paired by seed.
+  every column, the search epochs of Stage 1 and Stage 2 where a stage searched, and the gains
+  of SAFS over both baselines, paired by seed.
 * ``methods``: method × target sparsity, the last stage of every pipeline.
 * ``layers``: one row per layer of one stage (the last of each pipeline by default).
 * ``trials``: every trial of every search stage.
@@ -216,18 +217,47 @@ SAFS_KEYS = ["model", "dataset", "method", "target_sparsity"]
 GAIN_MP, GAIN_MATCHED = "Δ vs MP", "Δ vs MP (matched)"
 
 
-def _safs_values(df: pd.DataFrame) -> pd.DataFrame:
-    """One test accuracy (%) and fine-tuning epoch count per SAFS column, row and seed."""
+def _with_safs_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with every stage of a pipeline under its table row's keys: a pipeline's dense
+    stage (and any other) belongs to the row of the method and sparsity it prunes to."""
     df = df.copy()
-    # A pipeline's dense stage belongs to the row of the method and sparsity it prunes to.
     run = [df["pipeline"], df["variant"].fillna("")]
     df["target_sparsity"] = df.groupby(run)["target_sparsity"].transform("max")
     df["method"] = df["method"].where(df["method"] != "dense").groupby(run).transform("last").fillna("dense")
+    return df
+
+
+def _safs_values(df: pd.DataFrame) -> pd.DataFrame:
+    """One test accuracy (%) and fine-tuning epoch count per SAFS column, row and seed."""
+    df = _with_safs_keys(df)
     df = df[df["label"].isin(SAFS_COLUMNS)]
     df = df.assign(acc=df["test_acc"] * 100, ft=_column(df, "finetune_epochs"))
     # A re-run stage of the same seed replaces the earlier one.
     return (df.sort_values("stage_index", kind="stable")
               .groupby([*SAFS_KEYS, "label", "seed"], sort=False, dropna=False)[["acc", "ft"]].last())
+
+
+# The search cost behind the Stage 1 and Stage 2 columns: a search stage's ``search_epochs``
+# (stage.json's ``search``; ``table_for`` adds it to the rows), summed per seed over a
+# pipeline's search stages of that kind.
+SEARCH_COLUMNS = {"activation_search": "Stage 1 search epochs", "hpo": "Stage 2 search epochs"}
+
+
+def _search_values(df: pd.DataFrame) -> dict[str, dict[tuple, list[float]]]:
+    """Per column of ``SEARCH_COLUMNS``: table row keys (model, dataset, method, target
+    sparsity) -> the search epochs of each seed."""
+    df = _with_safs_keys(df)
+    df = df.assign(search_epochs=pd.to_numeric(_column(df, "search_epochs"), errors="coerce"),
+                   variant=df["variant"].fillna(""))
+    out = {}
+    for kind, col in SEARCH_COLUMNS.items():
+        g = df[(df["stage_kind"] == kind) & df["search_epochs"].notna()]
+        # one value per stage of a run (a re-run stage replaces the earlier one), summed per seed
+        per_stage = g.groupby([*SAFS_KEYS, "seed", "pipeline", "variant", "stage"], sort=False,
+                              dropna=False)["search_epochs"].last()
+        per_seed = per_stage.groupby(level=[*SAFS_KEYS, "seed"], sort=False, dropna=False).sum()
+        out[col] = {k: v.tolist() for k, v in per_seed.groupby(level=SAFS_KEYS, sort=False)}
+    return out
 
 
 def safs_table(df: pd.DataFrame, digits: int = 2, numeric: bool = False) -> pd.DataFrame:
@@ -243,8 +273,10 @@ def safs_table(df: pd.DataFrame, digits: int = 2, numeric: bool = False) -> pd.D
     if df.empty:
         return pd.DataFrame(columns=base + [c for c in SAFS_COLUMNS if c != MATCHED] + [GAIN_MP])
     values = _safs_values(df)
+    searched = _search_values(df)
     rows = []
-    for (model, dataset, method, target), g in values.groupby(level=SAFS_KEYS, sort=False, dropna=False):
+    for key, g in values.groupby(level=SAFS_KEYS, sort=False, dropna=False):
+        model, dataset, method, target = key
         g = g.droplevel(SAFS_KEYS)
         acc, ft = g["acc"].unstack("label"), g["ft"].unstack("label")
         row = {"model": model, "dataset": dataset, "method": method, "target %": round(float(target) * 100, 2),
@@ -252,6 +284,8 @@ def safs_table(df: pd.DataFrame, digits: int = 2, numeric: bool = False) -> pd.D
         for lab in SAFS_COLUMNS:
             _put_stat(row, lab, acc[lab] if lab in acc else [])
             _put_epochs(row, lab, ft[lab] if lab in ft else [])
+        for col in SEARCH_COLUMNS.values():
+            _put_stat(row, col, searched[col].get(key, []))
         empty = pd.Series(dtype="float64")
         safs = acc.get("SAFS", empty)
         _put_delta(row, GAIN_MP, safs, acc.get("Magnitude Pruning", empty))
@@ -260,6 +294,9 @@ def safs_table(df: pd.DataFrame, digits: int = 2, numeric: bool = False) -> pd.D
     out = _finish(rows)
     if not (out[f"{MATCHED} n"] > 0).any():  # no budget-matched baseline in these runs
         out = out.drop(columns=[c for c in out.columns if c.startswith((MATCHED, GAIN_MATCHED))])
+    for col in SEARCH_COLUMNS.values():  # shown where some row's stage searched
+        if not (out[f"{col} n"] > 0).any():
+            out = out.drop(columns=[c for c in out.columns if c.startswith(col)])
     return out if numeric else display(out, digits)
 
 
@@ -355,9 +392,16 @@ def _search_epochs(stage_dir, trials) -> int:
     recorded before it existed, the epochs of its trials table)."""
     from safs.io import read_json
 
-    search = (read_json(stage_dir / "stage.json") or {}).get("search") or {}
-    value = search.get("search_epochs", search.get("epochs_spent"))
+    value = recorded_search_epochs(read_json(stage_dir / "stage.json") or {})
     return int(value) if value is not None else int(trials["epochs"].sum())
+
+
+def recorded_search_epochs(record: dict) -> float | None:
+    """A stage record's search cost: ``search.search_epochs`` (``epochs_spent`` in a stage
+    recorded before it existed); ``None`` for a stage that did not search."""
+    search = record.get("search") or {}
+    value = search.get("search_epochs", search.get("epochs_spent"))
+    return None if value is None else float(value)
 
 
 def _variants(run_dir) -> dict[str, str]:
@@ -406,7 +450,22 @@ def table_for(layout: str, paths, *, numeric: bool = False, stage: str | None = 
     df = load_results(*paths)
     if df.empty:
         raise ValueError(f"no finished stages under {where}")
+    if layout == "safs":
+        df = with_search_epochs(df, paths)
     return LAYOUTS[layout](df, numeric=numeric)
+
+
+def with_search_epochs(df: pd.DataFrame, paths) -> pd.DataFrame:
+    """The rows with a ``search_epochs`` column: a search stage's cost from its stage.json,
+    empty for the other stages."""
+    from safs.report.rows import stage_records
+
+    cost = {}
+    for rec in stage_records(*paths):
+        value = recorded_search_epochs(rec)
+        if rec.get("status") == "done" and value is not None:
+            cost[rec.get("hash")] = value
+    return df.assign(search_epochs=df["stage_hash"].map(cost))
 
 
 FORMATS = ("markdown", "latex", "csv", "parquet")
