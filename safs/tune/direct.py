@@ -86,7 +86,7 @@ class TrialSession:
         ckpts = checkpoints(self.dir)
         self._next = int(ckpts[-1].name.rsplit("_", 1)[1]) + 1 if ckpts else 0
         self._start = self._last = time.time()
-        self._host, self._writer = socket.gethostname(), None
+        self._host, self._ip, self._writer = socket.gethostname(), _node_ip(), None
         self.last: dict = {}
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
@@ -107,7 +107,7 @@ class TrialSession:
             "time_this_iter_s": now - self._last, "time_total_s": self._total_before + now - self._start,
             "time_since_restore": now - self._start,
             "iterations_since_restore": self._iteration - self._iterations_before,
-            "pid": os.getpid(), "hostname": self._host, "node_ip": _node_ip(),
+            "pid": os.getpid(), "hostname": self._host, "node_ip": self._ip,
         })
         self._last = now
         with open(self.dir / RESULT, "a") as f:  # a line cut by a kill is skipped by its readers
@@ -153,6 +153,9 @@ def _node_ip() -> str:
 
 class TrialWorker:
     """The actor: runs one trial at a time, each under its own :class:`TrialSession`."""
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def run(self, config: dict, trial_dir: str, trial_id: str, registered: tuple = ()) -> dict:
         from safs.stages import session, trainable
