@@ -166,7 +166,16 @@ class TrialWorker:
                 trainable(config, registered=registered)
         finally:
             trial.close()
+            _free_device_cache()
         return trial.last
+
+
+def _free_device_cache() -> None:
+    """An idle actor keeps no cached GPU memory that other trials (a search's) could use."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------- the driver

@@ -152,7 +152,7 @@ def _run_config(stage: StagePlan, spec: dict, quiet: bool, attempt: str):
 def _tracking_callbacks(stage: StagePlan, spec: dict) -> list:
     """``tracking.mlflow``: Ray Tune's MLflow logger, one MLflow run per trial, tagged with the
     pipeline, the stage and its directory. (TensorBoard needs nothing: Tune writes its event
-    files into every trial directory.)"""
+    files into every trial directory, and ``safs.tune.direct`` the same scalars.)"""
     mlflow = (spec.get("tracking") or {}).get("mlflow")
     if not mlflow:
         return []
