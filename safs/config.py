@@ -135,7 +135,7 @@ class MlflowTracking(_Strict):
 
 class TrackingConfig(_Strict):
     """Where else results go besides the run directory; never hashed (it changes no result).
-    Ray Tune's TensorBoard event files are always written (``tune/attempt-N-<hash>/trial_*/``)."""
+    TensorBoard event files are always written (``tune/attempt-N-<hash>/trial_*/``)."""
 
     mlflow: MlflowTracking | None = None
 

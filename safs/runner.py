@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from safs.tune import experiment
+from safs.tune import direct, experiment
 from safs.config import PipelineConfig
 from safs.errors import StageFailed, StageInterrupted
 from safs.io import copy_file, exclusive, read_json, sha256, write_json, write_parquet, write_text
@@ -33,14 +33,17 @@ def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, 
     write_cell(run_dir, cfg.variant, plans)
     experiment.forward_sigterm()
     rerun = set() if rerun is None else rerun
-    for st in plans:
-        tag = f"[{st.index + 1:02d}] {st.name:<12}"
-        # Matrix cells running in parallel share prefix stages: one of them trains a shared
-        # stage, the others wait for it and then find it done.
-        with exclusive(run_dir / f".{st.hash}.lock", wait=True,
-                       on_wait=lambda: echo(f"{tag} waiting: another process is running this stage")):
-            _run_stage(st, plans, cfg, run_dir, rerun, tag, lambda: experiment.ensure_ray(address, num_cpus, verbose),
-                       quiet, echo)
+    try:
+        for st in plans:
+            tag = f"[{st.index + 1:02d}] {st.name:<12}"
+            # Matrix cells running in parallel share prefix stages: one of them trains a shared
+            # stage, the others wait for it and then find it done.
+            with exclusive(run_dir / f".{st.hash}.lock", wait=True,
+                           on_wait=lambda: echo(f"{tag} waiting: another process is running this stage")):
+                _run_stage(st, plans, cfg, run_dir, rerun, tag,
+                           lambda: experiment.ensure_ray(address, num_cpus, verbose), quiet, echo)
+    finally:
+        direct.release()  # the run's trial actor holds resources until it is given back
     return plans
 
 
@@ -76,8 +79,8 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
         if st.is_search:
             rec = _run_search(st, spec, record, quiet)
         else:
-            result, wall = experiment.run_single_trial_stage(st, spec, quiet=quiet)
-            rec = _complete(st, spec, record, Path(result.checkpoint.path), result.metrics.get("trial_id", ""), wall)
+            outcome, wall = experiment.run_single_trial_stage(st, spec, quiet=quiet)
+            rec = _complete(st, spec, record, outcome.checkpoint, outcome.metrics.get("trial_id", ""), wall)
     except StageFailed as e:
         write_json(st.record_path, {**record, "status": "failed", "error": str(e)})
         raise

@@ -1,6 +1,8 @@
 """Ray glue: start or join Ray, run each stage as Tune experiments, continue stopped ones.
 
-Each run of a stage is a fresh Tune experiment, ``<stage dir>/tune/attempt-N-<hash>``. A stage that
+Each run of a search stage is a fresh Tune experiment, ``<stage dir>/tune/attempt-N-<hash>``; a
+single-trial stage (train, prune) writes the same directory from the run's long-lived actor
+(``safs.tune.direct``), or as a one-trial Tune experiment where Tune must do the work. A stage that
 was stopped (SIGINT, SIGTERM, ``ray job stop``, SIGKILL of the driver) continues in the next
 attempt from files safs wrote itself: a training trial from its newest loadable epoch
 checkpoint (``torch.load(weights_only=True)``), a search from the searcher's JSON state, its
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from safs.errors import StageFailed, StageInterrupted
 from safs.plan import SEARCH_STATE, StagePlan
+from safs.tune import direct
 
 log = logging.getLogger("safs")
 
@@ -62,39 +65,62 @@ def forward_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
 
 
+def _bar(stage: StagePlan, initial: int = 0):
+    """A stage's tqdm bar: candidates of a search stage (activation search, HPO), else epochs."""
+    from tqdm import tqdm
+
+    search = stage.is_search
+    return tqdm(total=None if search else max(1, stage.epochs), initial=initial, leave=False,
+                desc=f"{stage.index + 1:02d} {stage.name}", unit="cand" if search else "epoch")
+
+
+class EpochBar:
+    """A training stage's bar, opened at its first report (at the epoch it resumed from) and
+    moved by every report; nothing when ``quiet``."""
+
+    def __init__(self, stage: StagePlan, quiet: bool):
+        self.stage, self.quiet, self.bar = stage, quiet, None
+
+    def __call__(self, result: dict) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = _bar(self.stage, result.get("start_epoch", 0))
+        self.bar.n = max(self.bar.n, int(result.get("epoch", 0)))
+        self.bar.set_postfix(val_acc=f"{result.get('val_acc', float('nan')):.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _progress_callback(stage: StagePlan, quiet: bool):
     from ray import tune
 
-    search = stage.is_search  # candidates of a search stage (activation search, HPO), else epochs
+    search = stage.is_search
 
     class Progress(tune.Callback):
         """A tqdm bar per stage: epochs of a training stage, candidates of a search stage."""
 
         def __init__(self):
             self._bar = None
+            self._epochs = EpochBar(stage, quiet)
             self._best = float("nan")
 
         def __getstate__(self):  # the bar is not picklable; Tune pickles callbacks into tuner.pkl
-            return {"_bar": None, "_best": float("nan")}
-
-        def _open(self, initial: int = 0):
-            if self._bar is None and not quiet:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=None if search else max(1, stage.epochs), initial=initial, leave=False,
-                                 desc=f"{stage.index + 1:02d} {stage.name}", unit="cand" if search else "epoch")
-            return self._bar
+            return {"_bar": None, "_epochs": EpochBar(stage, quiet), "_best": float("nan")}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if search or self._open(result.get("start_epoch", 0)) is None:
-                return
-            self._bar.n = max(self._bar.n, int(result.get("epoch", 0)))
-            self._bar.set_postfix(val_acc=f"{result.get('val_acc', float('nan')):.4f}", refresh=False)
-            self._bar.refresh()
+            if not search:
+                self._epochs(result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if not search or self._open() is None:
+            if not search or quiet:
                 return
+            if self._bar is None:
+                self._bar = _bar(stage)
             score = (trial.last_result or {}).get("score", float("nan"))
             if score == score and not score <= self._best:
                 self._best = score
@@ -102,6 +128,7 @@ def _progress_callback(stage: StagePlan, quiet: bool):
             self._bar.set_postfix(best=f"{self._best:.4f}")
 
         def on_experiment_end(self, trials, **info):
+            self._epochs.close()
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
@@ -125,7 +152,7 @@ def _run_config(stage: StagePlan, spec: dict, quiet: bool, attempt: str):
 def _tracking_callbacks(stage: StagePlan, spec: dict) -> list:
     """``tracking.mlflow``: Ray Tune's MLflow logger, one MLflow run per trial, tagged with the
     pipeline, the stage and its directory. (TensorBoard needs nothing: Tune writes its event
-    files into every trial directory.)"""
+    files into every trial directory, and ``safs.tune.direct`` the same scalars.)"""
     mlflow = (spec.get("tracking") or {}).get("mlflow")
     if not mlflow:
         return []
@@ -171,31 +198,52 @@ def _trainable(spec: dict):
     return tune.with_resources(trainable, resources)
 
 
-def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False):
-    """Run the one-trial Tune experiment of ``stage``, continuing from the newest checkpoint of
-    earlier attempts; return (Result, wall seconds)."""
-    from ray import tune
-
+def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False) -> tuple[direct.Outcome, float]:
+    """Run the one trial of ``stage``, continuing from the newest checkpoint of earlier
+    attempts; return (its outcome, wall seconds). It runs on the run's long-lived actor
+    (``safs.tune.direct``), or as a one-trial Tune experiment where Tune does the work
+    (MLflow tracking, multi-worker trials)."""
     from safs.tune.trials import trial_dirs
 
-    earlier = [str(d) for d in reversed(trial_dirs(stage.dir))]  # newest first
+    # Absolute: the trial's process need not share the driver's working directory.
+    earlier = [str(d.resolve()) for d in reversed(trial_dirs(stage.dir))]  # newest first
+    config = {"spec": spec, "resume_from": earlier}
+    attempt = _next_attempt(stage)
+    t0 = time.time()
+    if direct.eligible(spec):
+        bar = EpochBar(stage, quiet)
+        try:
+            outcome = direct.run(config, stage.dir.resolve() / "tune" / attempt, spec["resources"], on_result=bar)
+        finally:
+            bar.close()
+    else:
+        outcome = _tune_trial(stage, spec, config, quiet, attempt)
+    wall = time.time() - t0
+    expected = stage.epochs if stage.kind == "train" else 0
+    got = outcome.metrics.get("epoch")
+    if outcome.error is not None:
+        raise StageFailed(f"stage '{stage.name}' failed: {_last_line(outcome.error)} (trial log: {outcome.path})")
+    if got != expected or outcome.checkpoint is None:
+        raise StageInterrupted(f"stage '{stage.name}' stopped at epoch {got or 0} of {expected}")
+    return outcome, wall
+
+
+def _tune_trial(stage: StagePlan, spec: dict, config: dict, quiet: bool, attempt: str) -> direct.Outcome:
+    from ray import tune
+
+    res = spec["resources"]
+    direct.make_room(res["cpus_per_trial"], res["gpus_per_trial"])
     tuner = tune.Tuner(
         _trainable(spec),
-        param_space={"spec": spec, "resume_from": earlier},
+        param_space=config,
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True,
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=_run_config(stage, spec, quiet, _next_attempt(stage)),
+        run_config=_run_config(stage, spec, quiet, attempt),
     )
-    t0 = time.time()
-    grid = tuner.fit()
-    result = grid[0]
-    expected = stage.epochs if stage.kind == "train" else 0
-    got = (result.metrics or {}).get("epoch")
-    if result.error is not None:
-        raise StageFailed(f"stage '{stage.name}' failed: {_last_line(result.error)} (trial log: {result.path})")
-    if got != expected or result.checkpoint is None:
-        raise StageInterrupted(f"stage '{stage.name}' stopped at epoch {got or 0} of {expected}")
-    return result, time.time() - t0
+    result = tuner.fit()[0]
+    return direct.Outcome(Path(result.path), result.metrics or {},
+                          None if result.checkpoint is None else Path(result.checkpoint.path),
+                          None if result.error is None else str(result.error))
 
 
 def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool = False) -> tuple[dict, float]:
@@ -217,6 +265,8 @@ def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool =
     parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
     if optimizer.max_parallel() is not None:
         parallel = min(parallel, optimizer.max_parallel())
+    res = spec["resources"]
+    direct.make_room(parallel * res["cpus_per_trial"], parallel * res["gpus_per_trial"])
     searcher = AskTellSearcher(optimizer, parallel, state_path=state_path,
                                locate=lambda ids: [str(d) for d in reversed(trial_dirs(stage.dir, ids))])
     state = read_json(state_path)
@@ -251,6 +301,6 @@ def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool =
     return state, time.time() - t0
 
 
-def _last_line(error: BaseException) -> str:
+def _last_line(error: BaseException | str) -> str:
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     return lines[-1] if lines else type(error).__name__
