@@ -83,6 +83,12 @@ def space_module(kind: str):
 DATA_READING = ("in_memory", "memory_budget_gb", "loader_workers")
 
 
+def trial_workers(spec: dict) -> int:
+    """The processes one trial of the stage trains on: ``resources.workers_per_trial``, but 1
+    for a prune stage, which trains nothing (several are a Ray Train run, safs.tune.workers)."""
+    return 1 if spec["kind"] == "prune" else int(spec["resources"].get("workers_per_trial", 1) or 1)
+
+
 def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     """Resolve every stage to its settings, hash and directory. Reads the search stages'
     space files (nothing else) and writes nothing."""

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import yaml
 
-from safs.tune import direct, experiment
 from safs.config import PipelineConfig
 from safs.errors import StageFailed, StageInterrupted
 from safs.io import copy_file, exclusive, read_json, sha256, write_json, write_parquet, write_text
-from safs.plan import MODEL, RECORD, TRIALS, StagePlan, plan
+from safs.plan import MODEL, RECORD, TRIALS, StagePlan, plan, trial_workers
 from safs.records import damage, is_done, make_row, read_record, write_cell
+from safs.tune import direct, experiment
+
 
 def run(cfg: PipelineConfig, results_root: Path, *, address: str | None = None, num_cpus: float | None = None,
         quiet: bool = False, verbose: bool = False, echo=print, stored: dict | None = None,
@@ -68,8 +69,7 @@ def _run_stage(st: StagePlan, plans: list[StagePlan], cfg: PipelineConfig, run_d
     record = {"status": "running", "name": st.name, "kind": st.kind, "index": st.index, "hash": st.hash,
               "settings": spec["stage"], "seed": cfg.seed, "spec": spec, "started": time.time(),
               "input_sha256": (read_record(source) or {}).get("model_sha256") if source else None,
-              # processes one trial trains on (resources.workers_per_trial; a prune stage: 1)
-              "workers": cfg.resources.workers_per_trial if st.kind != "prune" else 1}
+              "workers": trial_workers(spec)}
     if teacher is not None:
         record["teacher_sha256"] = (read_record(teacher) or {}).get("model_sha256")
     previous_record = read_record(st) or {}

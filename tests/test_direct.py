@@ -103,9 +103,11 @@ def test_the_follower_hands_over_complete_lines_only(tmp_path):
 
 def test_tune_keeps_what_only_tune_does():
     resources = {"cpus_per_trial": 1, "gpus_per_trial": 0}
-    assert direct.eligible({"resources": resources})
-    assert not direct.eligible({"resources": resources, "tracking": {"mlflow": {"experiment": "x"}}})
-    assert not direct.eligible({"resources": {**resources, "workers_per_trial": 2}})
+    assert direct.eligible({"kind": "train", "resources": resources})
+    assert not direct.eligible({"kind": "train", "resources": resources, "tracking": {"mlflow": {"experiment": "x"}}})
+    assert not direct.eligible({"kind": "train", "resources": {**resources, "workers_per_trial": 2}})
+    # A prune stage trains nothing: one process, whatever workers_per_trial says.
+    assert direct.eligible({"kind": "prune", "resources": {**resources, "workers_per_trial": 2}})
 
 
 def gone(pid: int, timeout: float = 20) -> bool:

@@ -49,7 +49,9 @@ def eligible(spec: dict) -> bool:
     multi-worker trial is a Ray Train run inside Tune: both stay on the Tune path."""
     if (spec.get("tracking") or {}).get("mlflow"):
         return False
-    return int(spec["resources"].get("workers_per_trial", 1) or 1) <= 1
+    from safs.plan import trial_workers
+
+    return trial_workers(spec) == 1
 
 
 @dataclass

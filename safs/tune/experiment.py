@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from safs.errors import StageFailed, StageInterrupted
-from safs.plan import SEARCH_STATE, StagePlan
+from safs.plan import SEARCH_STATE, StagePlan, trial_workers
 from safs.tune import direct
 
 log = logging.getLogger("safs")
@@ -189,7 +189,7 @@ def _trainable(spec: dict):
     res = spec["resources"]
     records = registered()
     resources = {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]}
-    if res.get("workers_per_trial", 1) > 1 and spec["kind"] != "prune":  # Ray Train workers (safs.tune.workers)
+    if trial_workers(spec) > 1:  # a Ray Train run of DDP workers (safs.tune.workers)
         from safs.tune import workers
 
         trainable, resources = workers.trainable, tune.PlacementGroupFactory(workers.DRIVER_RESOURCES)

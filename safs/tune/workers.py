@@ -41,10 +41,6 @@ _DONE = "done"
 PLACEMENT_GROUP_FILE = "placement_group"  # the workers' placement group id, written by rank 0
 
 
-def is_multi_worker(spec: dict) -> bool:
-    return int(spec["resources"].get("workers_per_trial", 1)) > 1
-
-
 def trainable(config: dict, registered: tuple = ()) -> None:
     """Ray Tune function trainable of a multi-worker trial: run the TorchTrainer, relay its
     reports to Tune, and stop its workers if this trial is stopped first."""
