@@ -161,7 +161,7 @@ def test_a_plugin_cannot_take_a_builtin_name(tmp_path, group, name, kind):
     out = run_python(f"{read}\nf()\n", tmp_path)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    assert last == (f"safs.plugins.PluginError: {kind} '{name}' is already registered: provided by safs (built-in) and by "
+    assert last == (f"safs.entry_points.PluginError: {kind} '{name}' is already registered: provided by safs (built-in) and by "
                     f"plugin clashing-plugin (fake_mod:Op); uninstall or rename one of them")
 
 

@@ -12,7 +12,7 @@ scale uniformly (``swish`` multiplies by the *unscaled* ``x``).
 
 Installed packages add operators through the ``safs.operators`` entry-point group: the entry
 point names a factory (an operator module class, or a zero-argument callable returning one),
-imported when the operator is first built (see :mod:`safs.plugins`).
+imported when the operator is first built (see :mod:`safs.entry_points` and :mod:`safs.plugins`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class _Operators(Mapping[str, OperatorFactory]):
         self._loaded: dict[str, OperatorFactory] = {}
 
     def plugins(self) -> dict:
-        from safs.plugins import entries, provider
+        from safs.entry_points import entries, provider
 
         return entries("operators", {n: provider(f) for n, f in self.registered.items()})
 
@@ -45,7 +45,7 @@ class _Operators(Mapping[str, OperatorFactory]):
             plugin = self.plugins()[name]  # KeyError, as a Mapping should
             factory = plugin.load()
             if not callable(factory):
-                from safs.plugins import PluginError
+                from safs.entry_points import PluginError
 
                 raise PluginError(f"activation operator '{name}': {plugin.provider} is not a factory")
             self._loaded[name] = factory
@@ -70,7 +70,7 @@ def register_operator(name: str) -> Callable[[OperatorFactory], OperatorFactory]
     """Decorator registering an operator factory (a module class or a callable)."""
 
     def decorator(factory: OperatorFactory) -> OperatorFactory:
-        from safs.plugins import clash, provider
+        from safs.entry_points import clash, provider
 
         if name in OPERATORS.registered:
             raise clash("operators", name, provider(OPERATORS.registered[name]), provider(factory))

@@ -137,7 +137,7 @@ _PLUGIN_ENTRIES: dict[str, _Entry] = {}
 
 
 def _plugins() -> dict:
-    from safs.plugins import BUILTIN, entries, provider
+    from safs.entry_points import BUILTIN, entries, provider
 
     return entries("datasets", {n: provider(_LOADERS[n]) if n in _LOADERS else BUILTIN for n in REGISTRY})
 
@@ -161,7 +161,7 @@ def register_dataset(name: str, *, num_classes: int | None = None, input_shape: 
     attributes of those names."""
 
     def decorator(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        from safs.plugins import BUILTIN, clash, provider
+        from safs.entry_points import BUILTIN, clash, provider
 
         plugins = _plugins()
         if name in REGISTRY or name in plugins:

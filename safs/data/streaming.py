@@ -33,6 +33,7 @@ import torch
 
 from .base import DataError, Dataset
 from .batching import check_worker, steps_per_epoch, worker_share
+from .decode import decode_file, quiet_decoder
 
 __all__ = ["FileSplit", "StreamedBatches", "fits_in_memory", "loader_workers", "memory_budget"]
 
@@ -124,14 +125,10 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from .imagefolder import decode_file
-
         return decode_file(self.root / self.paths[i], self.transform)
 
 
 def _worker_init(_: int) -> None:
-    from .imagefolder import quiet_decoder
-
     quiet_decoder()
 
 

@@ -26,7 +26,7 @@ _NOT_OPTIONS = ("self", "configspace", "seed")
 
 
 def _plugins() -> dict:
-    from safs.plugins import entries
+    from safs.entry_points import entries
 
     return entries("hpo_backends", list(BACKENDS))
 

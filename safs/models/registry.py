@@ -116,7 +116,7 @@ class _ModelRegistry(Mapping[str, Builder]):
                     importlib.import_module(module)  # its decorators register here
                 else:
                     self._specs.update((s.name, s) for s in declared)
-            from safs.plugins import BUILTIN, entries, provider
+            from safs.entry_points import BUILTIN, entries, provider
 
             taken = {n: BUILTIN if s.builder is None else provider(s.builder) for n, s in self._specs.items()}
             for name, plugin in entries("models", taken).items():
@@ -127,7 +127,7 @@ class _ModelRegistry(Mapping[str, Builder]):
         if spec.plugin is not None and spec.builder is None:
             builder = spec.plugin.load()
             if not callable(builder):
-                from safs.plugins import PluginError
+                from safs.entry_points import PluginError
 
                 raise PluginError(f"model '{spec.name}': {spec.plugin.provider} is not a builder")
             doc = (builder.__doc__ or "").strip().splitlines()
@@ -173,7 +173,7 @@ def register_model(
     def decorator(builder: Builder) -> Builder:
         spec = MODELS.specs.get(name)
         if spec is not None and (spec.builder is not None or spec.module != builder.__module__):
-            from safs.plugins import BUILTIN, clash, provider
+            from safs.entry_points import BUILTIN, clash, provider
 
             first = (spec.plugin.provider if spec.plugin is not None
                      else BUILTIN if spec.builder is None else provider(spec.builder))

@@ -6,7 +6,7 @@ new keyword argument is a new option with no second list to keep in sync.
 
 Installed packages add algorithms through the ``safs.algorithms`` entry-point group (an
 :class:`AskTellOptimizer` subclass, imported when its name is first used); a script adds them
-with ``register_algorithm`` (see :mod:`safs.plugins`).
+with ``register_algorithm`` (see :mod:`safs.entry_points` and :mod:`safs.plugins`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _LOADED: dict[str, type[AskTellOptimizer]] = {}  # plugin algorithms already loa
 
 
 def _plugins() -> dict:
-    from safs.plugins import entries, provider
+    from safs.entry_points import entries, provider
 
     return entries("algorithms", {n: provider(c) for n, c in OPTIMIZERS.items()})
 
@@ -45,7 +45,7 @@ def register_algorithm(name: str):
     """Decorator registering an :class:`AskTellOptimizer` subclass under ``name``."""
 
     def decorator(cls: type[AskTellOptimizer]) -> type[AskTellOptimizer]:
-        from safs.plugins import PluginError, clash, provider
+        from safs.entry_points import PluginError, clash, provider
 
         plugins = _plugins()
         if name in OPTIMIZERS or name in plugins:
@@ -78,7 +78,7 @@ def optimizer_class(name: str) -> type[AskTellOptimizer]:
             raise ValueError(f"unknown search algorithm '{name}'; accepted: {', '.join(list_optimizers())}")
         cls = plugin.load()
         if not (isinstance(cls, type) and issubclass(cls, AskTellOptimizer)):
-            from safs.plugins import PluginError
+            from safs.entry_points import PluginError
 
             raise PluginError(f"search algorithm '{name}': {plugin.provider} is not an AskTellOptimizer subclass")
         _LOADED[name] = cls

@@ -5,7 +5,7 @@ The registry maps a method name to ``module:Class`` inside this package, so list
 strings taken from a pipeline file: an installed package provides methods through the
 ``safs.methods`` entry-point group (a :class:`~safs.sparsity.base.SparseMethod` subclass; its
 ``protocol`` attribute is read from the class, loaded when the name is first used), a script
-with ``register_method`` (see :mod:`safs.plugins`).
+with ``register_method`` (see :mod:`safs.entry_points` and :mod:`safs.plugins`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _LOADED: dict[str, type] = {}
 
 
 def _plugins() -> dict:
-    from safs.plugins import BUILTIN, entries, provider
+    from safs.entry_points import BUILTIN, entries, provider
 
     return entries("methods", {**dict.fromkeys(_REGISTRY, BUILTIN), **{n: provider(c) for n, c in _LOCAL.items()}})
 
@@ -51,7 +51,7 @@ def register_method(name: str):
     """Decorator registering a :class:`~safs.sparsity.base.SparseMethod` subclass under ``name``."""
 
     def decorator(cls: type) -> type:
-        from safs.plugins import BUILTIN, clash, provider
+        from safs.entry_points import BUILTIN, clash, provider
 
         plugins = _plugins()
         if name in _REGISTRY or name in _LOCAL or name in plugins:
@@ -68,7 +68,7 @@ def register_method(name: str):
 def _check_protocol(name: str, cls) -> str:
     protocol = getattr(cls, "protocol", None)
     if protocol not in PROTOCOLS:
-        from safs.plugins import PluginError
+        from safs.entry_points import PluginError
 
         raise PluginError(f"sparse method '{name}': its class must declare protocol, one of "
                           f"{', '.join(PROTOCOLS)}; got {protocol!r}")

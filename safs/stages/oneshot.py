@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from safs import model_file
 from safs.io import torch_save
 from safs.stages import common, session
-from safs.stages.train import MODEL_FILE, _optimizer_cfg, _param_groups, _schedule_cfg, finalized
+from safs.stages.train import MODEL_FILE, finalized
 from safs.training.loop import Diverged, TrainTally, autocast_for, evaluate
 from safs.training.measure import weight_sparsity
-from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
+from safs.training.optim import optimizer_for, param_groups, scheduler_for, step_scheduler
 
 MIXTURE_FILE = "mixture.json"  # in every checkpoint: [{epoch, slot, operator, weight}]
 
@@ -80,12 +80,12 @@ def search(spec: dict, model: torch.nn.Module, st: dict, epochs: int, token: int
 
     arch = arch_parameters(model)
     arch_ids = {id(p) for p in arch}
-    groups = [{**g, "params": [p for p in g["params"] if id(p) not in arch_ids]} for g in _param_groups(model, st)]
+    groups = [{**g, "params": [p for p in g["params"] if id(p) not in arch_ids]} for g in param_groups(model, st)]
     groups = [g for g in groups if g["params"]]
     if method is not None:
         groups = method.param_groups(model, groups)
-    optimizer = make_optimizer(groups, _optimizer_cfg(st))
-    scheduler = make_scheduler(optimizer, _schedule_cfg(st), epochs)
+    optimizer = optimizer_for(groups, st)
+    scheduler = scheduler_for(optimizer, st, epochs)
     arch_optimizer = torch.optim.Adam(arch, lr=opts["arch_lr"], betas=(0.5, 0.999),
                                       weight_decay=opts["arch_weight_decay"])
 

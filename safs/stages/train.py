@@ -19,7 +19,7 @@ from safs.io import torch_save
 from safs.stages import common, ddp, session
 from safs.training.loop import Diverged, autocast_for, compile_model, evaluate, train_epoch
 from safs.training.measure import weight_sparsity
-from safs.training.optim import make_optimizer, make_scheduler, step_scheduler
+from safs.training.optim import optimizer_for, param_groups, scheduler_for, step_scheduler
 
 MODEL_FILE = "model.pt"  # in every epoch checkpoint: the kept epoch's finalized network
 
@@ -72,11 +72,11 @@ def fit(spec: dict, model: torch.nn.Module, st: dict, epochs: int, *, token: int
     rank, workers = ddp.world()  # one worker of several: resources.workers_per_trial (safs.tune.workers)
     model = ddp.sync_batchnorm(model, spec["resources"].get("sync_bn", False))
 
-    groups = _param_groups(model, st)
+    groups = param_groups(model, st)
     if method is not None:
         groups = method.param_groups(model, groups)
-    optimizer = make_optimizer(groups, _optimizer_cfg(st))
-    scheduler = make_scheduler(optimizer, _schedule_cfg(st), epochs)
+    optimizer = optimizer_for(groups, st)
+    scheduler = scheduler_for(optimizer, st, epochs)
     select = st.get("select", "best")  # search candidates: always their best epoch
 
     start, history, selector, kept, ema_state = 0, [], EpochSelector(select), None, None
@@ -244,28 +244,3 @@ def fit_candidate(spec: dict, model: torch.nn.Module, st: dict, epochs: int, tok
     except Diverged as e:
         session.report({"token": token, "epoch": epochs, "score": float("nan"), "failed": str(e)})
 
-
-def _param_groups(model: torch.nn.Module, st: dict) -> list[dict]:
-    """Trainable parameters; the activation slots' α, β (when trainable) in their own group,
-    without weight decay unless ``scales_weight_decay`` says otherwise."""
-    from safs.activations import slots
-
-    scale_ids = {id(p) for s in slots(model).values() for p in (s.alpha, s.beta)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in scale_ids]}]
-    scales = [p for p in params if id(p) in scale_ids]
-    if scales:
-        groups.append({"params": scales, "weight_decay": st.get("scales_weight_decay") or 0.0})
-    return groups
-
-
-def _optimizer_cfg(st: dict):
-    from safs.settings import OptimizerConfig
-
-    return OptimizerConfig(**st["optimizer"])
-
-
-def _schedule_cfg(st: dict):
-    from safs.settings import ScheduleConfig
-
-    return ScheduleConfig(**st["schedule"])

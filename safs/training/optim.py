@@ -191,3 +191,32 @@ def step_scheduler(sched, train_loss: float) -> None:
         sched.step(train_loss)
     else:
         sched.step()
+
+
+# --- from a stage's settings (the ``stage`` dict of a trial's spec) ------------------------------
+def param_groups(model: torch.nn.Module, st: dict) -> list[dict]:
+    """Trainable parameters; the activation slots' α, β (when trainable) in their own group,
+    without weight decay unless ``scales_weight_decay`` says otherwise."""
+    from safs.activations import slots
+
+    scale_ids = {id(p) for s in slots(model).values() for p in (s.alpha, s.beta)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in scale_ids]}]
+    scales = [p for p in params if id(p) in scale_ids]
+    if scales:
+        groups.append({"params": scales, "weight_decay": st.get("scales_weight_decay") or 0.0})
+    return groups
+
+
+def optimizer_for(groups: list[dict], st: dict) -> torch.optim.Optimizer:
+    """The stage's optimizer (``st["optimizer"]``) over ``groups``."""
+    from safs.settings import OptimizerConfig
+
+    return make_optimizer(groups, OptimizerConfig(**st["optimizer"]))
+
+
+def scheduler_for(optimizer: torch.optim.Optimizer, st: dict, epochs: int):
+    """The stage's learning-rate schedule (``st["schedule"]``) over ``epochs``."""
+    from safs.settings import ScheduleConfig
+
+    return make_scheduler(optimizer, ScheduleConfig(**st["schedule"]), epochs)
