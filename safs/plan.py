@@ -89,6 +89,16 @@ def trial_workers(spec: dict) -> int:
     return 1 if spec["kind"] == "prune" else int(spec["resources"].get("workers_per_trial", 1) or 1)
 
 
+def trial_resources(spec: dict) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial of the stage holds while it runs, its workers together."""
+    res = spec["resources"]
+    if trial_workers(spec) == 1:
+        return res["cpus_per_trial"], res["gpus_per_trial"]
+    from safs.settings import ResourcesConfig
+
+    return ResourcesConfig.model_construct(**res).per_trial()  # the stored, already validated values
+
+
 def plan(cfg: PipelineConfig, results_root: Path) -> list[StagePlan]:
     """Resolve every stage to its settings, hash and directory. Reads the search stages'
     space files (nothing else) and writes nothing."""

@@ -66,6 +66,28 @@ def test_cells_fit_a_multi_worker_trial_by_all_its_workers():
     assert auto_parallel(quarter, {"CPU": 16.0, "GPU": 1.0}, cells=8) == 4  # four to a GPU
 
 
+def test_the_idle_stage_actor_makes_room_for_all_of_a_trials_workers(monkeypatch):
+    """A prune stage runs on the run's actor even with workers set; before the next stage's
+    Train run the actor must be given back if the workers do not fit beside it. Measured
+    against the trial's 1 CPU instead of its workers' 2, it was kept, and the Train run waited
+    for a CPU forever."""
+    from safs.plan import trial_resources
+    from safs.tune import direct
+
+    res = parse_pipeline(yaml.safe_load(BASE + "resources: {workers_per_trial: 2, cpus_per_worker: 1}\n")
+                         ).resources.model_dump()
+    assert trial_resources({"kind": "train", "resources": res}) == (2.0, 0.0)
+    assert trial_resources({"kind": "prune", "resources": res}) == (1.0, 0.0)  # trains nothing: one process
+    released = []
+    monkeypatch.setattr(direct, "_held", object())
+    monkeypatch.setattr(direct, "release", lambda: released.append(True))
+    import ray
+
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 1.0})  # the actor holds the other
+    direct.make_room(*trial_resources({"kind": "train", "resources": res}))
+    assert released == [True]
+
+
 def _dataset(n: int):
     from safs.data.base import Dataset, Split
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from safs.errors import StageFailed, StageInterrupted
-from safs.plan import SEARCH_STATE, StagePlan, trial_workers
+from safs.plan import SEARCH_STATE, StagePlan, trial_resources, trial_workers
 from safs.tune import direct
 
 log = logging.getLogger("safs")
@@ -231,8 +231,7 @@ def run_single_trial_stage(stage: StagePlan, spec: dict, quiet: bool = False) ->
 def _tune_trial(stage: StagePlan, spec: dict, config: dict, quiet: bool, attempt: str) -> direct.Outcome:
     from ray import tune
 
-    res = spec["resources"]
-    direct.make_room(res["cpus_per_trial"], res["gpus_per_trial"])
+    direct.make_room(*trial_resources(spec))  # a multi-worker trial's workers, all of them
     tuner = tune.Tuner(
         _trainable(spec),
         param_space=config,
@@ -265,8 +264,8 @@ def run_search_stage(stage: StagePlan, spec: dict, make_optimizer, quiet: bool =
     parallel = st["max_concurrent"] or spec["resources"]["max_concurrent_trials"]
     if optimizer.max_parallel() is not None:
         parallel = min(parallel, optimizer.max_parallel())
-    res = spec["resources"]
-    direct.make_room(parallel * res["cpus_per_trial"], parallel * res["gpus_per_trial"])
+    cpus, gpus = trial_resources(spec)
+    direct.make_room(parallel * cpus, parallel * gpus)
     searcher = AskTellSearcher(optimizer, parallel, state_path=state_path,
                                locate=lambda ids: [str(d) for d in reversed(trial_dirs(stage.dir, ids))])
     state = read_json(state_path)
