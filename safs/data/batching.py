@@ -148,6 +148,16 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return gen
 
 
+def augmentation(dataset: Dataset, augment: bool | None, train: bool) -> tuple[int, bool]:
+    """(crop padding, flip) of a split's batches: the dataset's own when ``augment`` is None
+    (it has crop_padding or flip), none when ``augment`` is false or in evaluation."""
+    if augment is None:
+        augment = dataset.crop_padding > 0 or dataset.flip
+    if not (augment and train):
+        return 0, False
+    return int(dataset.crop_padding), bool(dataset.flip)
+
+
 def check_worker(batch_size: int, rank: int, world_size: int) -> None:
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -211,11 +221,7 @@ class Batches:
         self.train = bool(train)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
-        if augment is None:
-            augment = dataset.crop_padding > 0 or dataset.flip
-        augment = bool(augment) and self.train
-        self.crop_padding = int(dataset.crop_padding) if augment else 0
-        self.flip = bool(dataset.flip) if augment else False
+        self.crop_padding, self.flip = augmentation(dataset, augment, self.train)
         self._mult, self._bias = _coefficients(dataset, self.x.device)
 
     def __len__(self) -> int:

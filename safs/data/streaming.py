@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .base import DataError, Dataset
-from .batching import check_worker, steps_per_epoch, worker_share
+from .batching import augmentation, check_worker, steps_per_epoch, worker_share
 from .decode import decode_file, quiet_decoder
 
 __all__ = ["FileSplit", "StreamedBatches", "fits_in_memory", "loader_workers", "memory_budget"]
@@ -184,11 +184,7 @@ class StreamedBatches:
         self.rank, self.world_size = (int(rank), int(world_size)) if self.train else (0, 1)  # evaluation: unsplit
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
-        if augment is None:
-            augment = dataset.crop_padding > 0 or dataset.flip
-        augment = bool(augment) and self.train
-        self.crop_padding = int(dataset.crop_padding) if augment else 0
-        self.flip = bool(dataset.flip) if augment else False
+        self.crop_padding, self.flip = augmentation(dataset, augment, self.train)
         self._mult, self._bias = _coefficients(dataset, self.device)
         self.workers = loader_workers(data.workers if workers is None else workers)
         self._order = _Order()
